@@ -1,0 +1,1 @@
+"""Population backends: the pure-PyTorch reference and vLLM (per-request LoRA adapters)."""

@@ -1,0 +1,61 @@
+"""What every population backend provides: generate for (member, prompt, sample) rows, take weights.
+
+A backend holds one model in an inference engine. The trainer owns the fp32 master copy of the
+perturbed matrices (named as in the Hugging Face checkpoint, e.g.
+``model.layers.0.self_attn.q_proj.weight``) and pushes it back after every update.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..config import GenerationConfig
+from ..noise import NoiseSpec
+
+
+@dataclass
+class Rollout:
+    """Completions of one generate call: texts[member][prompt][sample]."""
+
+    texts: list[list[list[str]]]
+    new_tokens: int  # generated tokens, all rows together
+    seconds: float
+
+
+class Backend(ABC):
+    """A model in an inference engine that can answer as any population member."""
+
+    name: str
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        gen: GenerationConfig,
+        noise: NoiseSpec | None = None,
+        members: Sequence[int] = (),
+        seed: int = 0,
+    ) -> Rollout:
+        """Every member in `members` answers every prompt `gen.samples_per_prompt` times.
+
+        `noise=None` means the unperturbed model (one "member"; `members` is ignored). Member m
+        generates with W + E_m for every target matrix (noise.py). Text stops before the first
+        stop string or at EOS; special tokens are not decoded. `seed` fixes sampling.
+        """
+
+    @abstractmethod
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Set the named target matrices (HF names, fp32) as the engine's base weights."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the engine."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,367 @@
+"""Typed recipes: YAML + ``key=value`` overrides, validated before anything heavy happens.
+
+A recipe is a YAML file whose keys mirror the dataclasses below. Overrides use dot paths
+(``es.sigma=0.002``, ``data.path=../shared/data/gsm8k/test.jsonl``); their values are parsed
+as YAML scalars, so ``es.population=64`` is an int and ``generation.stop=["\\n\\n"]`` a list.
+
+Every problem (an unknown key, a wrong type, an impossible combination) raises
+:class:`ConfigError` whose message is one line naming the key, the bad value and what is
+allowed. The CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem, explained in one line."""
+
+
+@dataclass
+class DataConfig:
+    """Where prompts and gold answers come from."""
+
+    # A hub dataset id, a local .jsonl/.json/.parquet/.csv file, or "reasoning_gym:<task>".
+    path: str = ""
+    # Hub config name (e.g. "main" for openai/gsm8k); ignored for local files.
+    name: str | None = None
+    split: str = "train"
+    # Split used for held-out evaluation. None: carve `eval_size` rows off `split` instead.
+    eval_split: str | None = None
+    eval_size: int = 64
+    # Dataset columns holding the question and the gold answer.
+    question_field: str = "question"
+    answer_field: str = "answer"
+    # Python format string applied to the question; `{question}` is the question text.
+    prompt_template: str = "{question}"
+    system_prompt: str | None = None
+    # Use the tokenizer's chat template (instruct models). False: the raw prompt text.
+    chat_template: bool = True
+    shuffle_seed: int = 0
+    # Cap on training rows (0 = all).
+    max_train_rows: int = 0
+    # Options for procedural tasks (reasoning_gym:<task>), passed to the task's config.
+    task_options: dict[str, Any] = field(default_factory=dict)
+    train_size: int = 2000
+
+
+@dataclass
+class GenerationConfig:
+    """How every member answers: the same settings for training rollouts and eval."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    # Completions per (member, prompt). >1 needs temperature > 0.
+    samples_per_prompt: int = 1
+    stop: list[str] = field(default_factory=list)
+    # Rows per forward batch in the PyTorch backend (caps memory); 0 = all rows at once.
+    max_batch_rows: int = 0
+
+
+@dataclass
+class ESConfig:
+    """The EGGROLL evolution strategy. See eggroll_rl/es.py for the exact update."""
+
+    population: int = 32  # N members = N/2 mirrored pairs; must be even
+    rank: int = 1  # r of each member's low-rank perturbation
+    sigma: float = 1e-3  # perturbation scale σ
+    lr: float = 1e-3  # step size on ĝ (see es.py for how it maps to the paper / official code)
+    # "gradient": W += lr·ĝ. "official": es.lr in HyperscaleES/optax units (step lr·σ·√N·ĝ for SGD).
+    lr_convention: Literal["gradient", "official"] = "gradient"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.0  # SGD only
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0  # decoupled (AdamW-style), applied to perturbed matrices only
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    sigma_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    # Final value as a fraction of the initial one, for non-constant schedules.
+    lr_final_ratio: float = 0.1
+    sigma_final_ratio: float = 1.0
+    warmup_steps: int = 0
+    fitness_shaping: Literal["normalize", "centered_rank", "raw"] = "normalize"
+    prompts_per_step: int = 8
+    # Regular expressions on parameter names (full match). Default: attention + MLP linears.
+    targets: list[str] = field(
+        default_factory=lambda: [
+            r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight"
+        ]
+    )
+
+
+@dataclass
+class RewardSpec:
+    """One reward: a registered name (see rewards/) or ``module:function``, and its weight."""
+
+    name: str = "math_accuracy"
+    weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    eval_every: int = 10  # 0 = no periodic eval
+    checkpoint_every: int = 10  # 0 = only the final checkpoint
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
+    log_samples: int = 4  # completions written to samples.jsonl per step
+
+
+@dataclass
+class RecipeConfig:
+    """A whole training recipe."""
+
+    model: str = ""  # alias, local HF folder, hub id, run directory or checkpoint
+    description: str = ""
+    run_name: str = ""  # default: recipe file stem + timestamp
+    output_dir: str = "outputs"
+    seed: int = 0
+    backend: Literal["auto", "torch", "vllm"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    es: ESConfig = field(default_factory=ESConfig)
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Engine options for the vLLM backend (gpu_memory_utilization, max_model_len, ...).
+    vllm: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------
+# Building typed configs from plain data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+
+    def bad(allowed: str | None = None) -> ConfigError:
+        return ConfigError(
+            f"{key}: got {value!r} ({type(value).__name__}); expected {allowed or _type_name(tp)}"
+        )
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise bad()
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise bad()
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad(f"a mapping of {tp.__name__} fields")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list of {_type_name(args[0])}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"a list of {len(args)} numbers")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise bad()
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else "allowed: " + ", ".join(names)
+            raise ConfigError(f"unknown key '{prefix}{key}'; {hint}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["es.sigma=0.002", "model=x"]`` -> nested dict with YAML-parsed values."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. es.sigma=0.002)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe_dict(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe '{path}' not found; list the shipped ones with `eggroll-rl recipes`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> RecipeConfig:
+    """Build and validate a recipe from plain data."""
+    rewards = data.get("rewards")
+    if isinstance(rewards, (str, dict)):
+        data = {**data, "rewards": [rewards]}
+    if isinstance(data.get("rewards"), list):
+        # "math_accuracy" is shorthand for {name: math_accuracy, weight: 1}
+        data = {**data, "rewards": [{"name": r} if isinstance(r, str) else r for r in data["rewards"]]}
+    cfg = _build(RecipeConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Recipe file (optional) merged with ``key=value`` overrides, validated."""
+    data = load_recipe_dict(path) if path is not None else {}
+    return from_dict(_merge(data, parse_overrides(overrides or [])))
+
+
+def to_dict(cfg: RecipeConfig) -> dict[str, Any]:
+    """Plain data (YAML-safe) for saving the resolved recipe."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, list):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def validate(cfg: RecipeConfig) -> None:
+    """Combinations that types alone cannot rule out."""
+    es, gen, data, train = cfg.es, cfg.generation, cfg.data, cfg.train
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(bool(cfg.model), "model: missing; give an alias (e.g. smollm2-135m-instruct), a local folder or a hub id")
+    need(bool(data.path), "data.path: missing; give a hub dataset, a local .jsonl file or reasoning_gym:<task>")
+    need(es.population >= 2 and es.population % 2 == 0,
+         f"es.population: got {es.population}; expected an even number >= 2 (members come in mirrored ± pairs)")
+    need(es.rank >= 1, f"es.rank: got {es.rank}; expected an integer >= 1")
+    need(es.sigma > 0, f"es.sigma: got {es.sigma}; expected a number > 0")
+    need(es.lr > 0, f"es.lr: got {es.lr}; expected a number > 0")
+    need(0 <= es.momentum < 1, f"es.momentum: got {es.momentum}; expected 0 <= momentum < 1")
+    need(all(0 <= b < 1 for b in es.adam_betas), f"es.adam_betas: got {list(es.adam_betas)}; expected two numbers in [0, 1)")
+    need(es.weight_decay >= 0, f"es.weight_decay: got {es.weight_decay}; expected a number >= 0")
+    need(0 < es.lr_final_ratio <= 1 and 0 < es.sigma_final_ratio <= 1,
+         "es.lr_final_ratio / es.sigma_final_ratio: expected numbers in (0, 1]")
+    need(es.prompts_per_step >= 1, f"es.prompts_per_step: got {es.prompts_per_step}; expected an integer >= 1")
+    need(bool(es.targets), "es.targets: empty; give at least one regular expression on parameter names")
+    for pattern in es.targets:
+        try:
+            __import__("re").compile(pattern)
+        except Exception as exc:
+            raise ConfigError(f"es.targets: '{pattern}' is not a valid regular expression ({exc})")
+    need(gen.max_new_tokens >= 1, f"generation.max_new_tokens: got {gen.max_new_tokens}; expected an integer >= 1")
+    need(gen.temperature >= 0, f"generation.temperature: got {gen.temperature}; expected a number >= 0 (0 = greedy)")
+    need(0 < gen.top_p <= 1, f"generation.top_p: got {gen.top_p}; expected a number in (0, 1]")
+    need(gen.samples_per_prompt >= 1, f"generation.samples_per_prompt: got {gen.samples_per_prompt}; expected an integer >= 1")
+    need(gen.samples_per_prompt == 1 or gen.temperature > 0,
+         f"generation.samples_per_prompt={gen.samples_per_prompt} needs generation.temperature > 0 "
+         "(greedy decoding gives identical samples)")
+    need(gen.max_batch_rows >= 0, f"generation.max_batch_rows: got {gen.max_batch_rows}; expected an integer >= 0")
+    need(data.eval_size >= 0, f"data.eval_size: got {data.eval_size}; expected an integer >= 0")
+    need(train.steps >= 1, f"train.steps: got {train.steps}; expected an integer >= 1")
+    need(train.eval_every >= 0 and train.checkpoint_every >= 0 and train.keep_checkpoints >= 0,
+         "train.eval_every / checkpoint_every / keep_checkpoints: expected integers >= 0")
+    need(train.eval_every == 0 or data.eval_size > 0,
+         f"train.eval_every={train.eval_every} needs data.eval_size > 0 (or set train.eval_every=0)")
+    need(bool(cfg.rewards), "rewards: empty; give at least one reward, e.g. [math_accuracy]")
+    for i, r in enumerate(cfg.rewards):
+        need(bool(r.name), f"rewards[{i}].name: missing; give a registered reward or module:function")
+    if cfg.dtype == "float16" and cfg.device == "cpu":
+        raise ConfigError("dtype: float16 is not supported on CPU; use float32 or bfloat16")
+    try:
+        data.prompt_template.format(question="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"data.prompt_template: {data.prompt_template!r} is not a valid template ({exc!r}); "
+            "only {question} may appear in braces (double other braces: {{ }})"
+        )
