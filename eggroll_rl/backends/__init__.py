@@ -1,1 +1,31 @@
 """Population backends: the pure-PyTorch reference and vLLM (per-request LoRA adapters)."""
+
+from __future__ import annotations
+
+from .base import Backend, Rollout
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def make_backend(cfg, model_dir, targets: list[str]) -> Backend:
+    """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch."""
+    kind = cfg.backend
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "torch"
+    if kind == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            model_dir, targets, rank=cfg.es.rank, population=cfg.es.population,
+            dtype=cfg.dtype, seed=cfg.seed, engine_options=cfg.vllm,
+        )
+    from .torch_backend import TorchBackend
+
+    return TorchBackend(model_dir, targets, dtype=cfg.dtype, device=cfg.device)
+
+
+__all__ = ["Backend", "Rollout", "make_backend", "vllm_available"]

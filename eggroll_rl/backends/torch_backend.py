@@ -1,0 +1,152 @@
+"""The pure-PyTorch population backend: the reference every other backend is tested against.
+
+All (member, prompt, sample) rows run as ONE batched Hugging Face generation. A forward hook on
+every perturbed linear adds that row's low-rank term to the layer's output:
+
+    y = x·Wᵀ (+ b)  +  s·σ/√r · (x·B)·Aᵀ        (s = ±1, A/B the row's member-pair factors)
+
+so W + E is never materialised per member: the extra cost is two thin (in×r, r×out) products
+per row, and the base weights stay shared by the whole population.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ..config import GenerationConfig
+from ..noise import NoiseSpec, member_sign
+from .base import Backend, Rollout
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Text before the earliest stop string (vLLM's semantics: the stop string is excluded)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model_dir, targets: list[str], dtype: str = "float32", device: str = "auto"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = resolve_device(device)
+        self.dtype = DTYPES[dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+        self.params = dict(self.model.named_parameters())
+        missing = [t for t in targets if t not in self.params]
+        if missing:
+            raise KeyError(f"model has no parameters named {missing[:3]}")
+        self.targets = list(targets)
+        modules = dict(self.model.named_modules())
+        # Per-row factors of the generation in flight: {target: (A_rows·s·σ/√r, B_rows)}.
+        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        for name in self.targets:
+            modules[name.removesuffix(".weight")].register_forward_hook(self._make_hook(name))
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            if self._rows is None:
+                return output
+            a, b = self._rows[name]  # (rows, out, r), (rows, in, r)
+            x = inputs[0]
+            return output + torch.bmm(torch.bmm(x, b), a.transpose(1, 2))
+
+        return hook
+
+    def _row_factors(self, noise: NoiseSpec, row_members: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        pairs = sorted({m // 2 for m in row_members})
+        pair_pos = {k: i for i, k in enumerate(pairs)}
+        index = torch.tensor([pair_pos[m // 2] for m in row_members], device=self.device)
+        signs = torch.tensor([member_sign(m) * noise.scale for m in row_members], device=self.device)
+        rows = {}
+        for name in self.targets:
+            a, b = noise.stacked_factors(pairs, name, tuple(self.params[name].shape))
+            a = a.to(self.device, self.dtype).index_select(0, index) * signs.to(self.dtype)[:, None, None]
+            rows[name] = (a, b.to(self.device, self.dtype).index_select(0, index))
+        return rows
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        gen: GenerationConfig,
+        noise: NoiseSpec | None = None,
+        members: Sequence[int] = (),
+        seed: int = 0,
+    ) -> Rollout:
+        start = time.perf_counter()
+        member_list = list(members) if noise is not None else [0]
+        samples = gen.samples_per_prompt
+        rows = [(m, p) for m in member_list for p in range(len(prompt_ids)) for _ in range(samples)]
+        chunk = gen.max_batch_rows or len(rows)
+        texts: list[str] = []
+        new_tokens = 0
+        torch.manual_seed(seed)
+        for lo in range(0, len(rows), chunk):
+            part = rows[lo : lo + chunk]
+            if noise is not None:
+                self._rows = self._row_factors(noise, [m for m, _ in part])
+            try:
+                out_texts, n = self._generate_rows([prompt_ids[p] for _, p in part], gen)
+            finally:
+                self._rows = None
+            texts += out_texts
+            new_tokens += n
+        nested = [
+            [texts[(mi * len(prompt_ids) + p) * samples : (mi * len(prompt_ids) + p + 1) * samples]
+             for p in range(len(prompt_ids))]
+            for mi in range(len(member_list))
+        ]
+        return Rollout(texts=nested, new_tokens=new_tokens, seconds=time.perf_counter() - start)
+
+    def _generate_rows(self, prompts: list[list[int]], gen: GenerationConfig) -> tuple[list[str], int]:
+        tok = self.tokenizer
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        sampling = gen.temperature > 0
+        kwargs = dict(
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=sampling,
+            pad_token_id=pad,
+            eos_token_id=self.model.generation_config.eos_token_id or tok.eos_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if gen.stop:
+            kwargs.update(stop_strings=list(gen.stop), tokenizer=tok)
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, width:]
+        eos = kwargs["eos_token_id"]
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        texts, total = [], 0
+        for row in out.tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+            # Rows finished by a stop string are padded after it: padding is not generated text.
+            total += sum(1 for t in row[:end] if t != pad or t in eos_ids)
+            texts.append(truncate_at_stop(tok.decode(row[:end], skip_special_tokens=True), gen.stop))
+        return texts, total
+
+    @torch.no_grad()
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        for name, value in weights.items():
+            param = self.params[name]
+            if param.data_ptr() != value.data_ptr():
+                param.copy_(value.to(param.device, param.dtype))

@@ -1,0 +1,105 @@
+"""Prompts and gold answers: hub datasets, local files, procedural tasks; the prompt format.
+
+Every row becomes a dict with at least ``question`` and ``answer`` (mapped from the recipe's
+`question_field` / `answer_field`) plus the dataset's other columns, which rewards receive as
+keyword lists. Train and held-out rows never overlap; their order is a pure function of
+`shuffle_seed`, and the prompts of step t a pure function of (rows, seed, t), so a resumed run
+sees exactly the prompts an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, DataConfig
+
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+TASK_PREFIX = "reasoning_gym:"
+
+
+def _load_split(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    path = Path(cfg.path)
+    if path.suffix in LOCAL_FORMATS:
+        if not path.is_file():
+            raise ConfigError(f"data.path: file '{cfg.path}' not found; give an existing .jsonl/.json/.parquet/.csv file or a hub dataset id")
+        ds = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    else:
+        try:
+            ds = datasets.load_dataset(cfg.path, cfg.name, split=split)
+        except Exception as exc:  # offline, a typo, a gated dataset: one line, with the fix
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"data.path: could not load hub dataset '{cfg.path}' (split '{split}'): {first}; "
+                "check the name and network, or give a local .jsonl file"
+            ) from None
+    return [dict(r) for r in ds]
+
+
+def _normalize(rows: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
+    if not rows:
+        raise ConfigError(f"data.path: '{cfg.path}' has no rows")
+    for field_name, key in ((cfg.question_field, "data.question_field"), (cfg.answer_field, "data.answer_field")):
+        if field_name not in rows[0]:
+            raise ConfigError(f"{key}: column '{field_name}' not in {cfg.path}; columns are {sorted(rows[0])}")
+    return [{**r, "question": r[cfg.question_field], "answer": str(r[cfg.answer_field])} for r in rows]
+
+
+def load_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train rows, held-out eval rows), deterministic, disjoint."""
+    if cfg.path.startswith(TASK_PREFIX):
+        from .tasks import load_task
+
+        return load_task(cfg.path[len(TASK_PREFIX):], cfg.task_options, cfg.train_size, cfg.eval_size, cfg.shuffle_seed)
+    if cfg.path == "humaneval":
+        from .code_tasks import load_humaneval
+
+        rows = load_humaneval()
+    else:
+        rows = _normalize(_load_split(cfg, cfg.split), cfg)
+    random.Random(cfg.shuffle_seed).shuffle(rows)
+    if cfg.eval_split is not None:
+        eval_rows = _normalize(_load_split(cfg, cfg.eval_split), cfg)[: cfg.eval_size]
+        train_rows = rows
+    else:
+        if cfg.eval_size >= len(rows):
+            raise ConfigError(f"data.eval_size: {cfg.eval_size} leaves no training rows out of {len(rows)}; lower it or set data.eval_split")
+        eval_rows, train_rows = rows[: cfg.eval_size], rows[cfg.eval_size:]
+    if cfg.max_train_rows:
+        train_rows = train_rows[: cfg.max_train_rows]
+    return train_rows, eval_rows
+
+
+def rows_for_step(rows: list[dict[str, Any]], step: int, count: int, seed: int) -> list[dict[str, Any]]:
+    """The `count` training rows of step `step`: epochs of seeded permutations, walked in order."""
+    orders: dict[int, list[int]] = {}
+    out = []
+    for i in range(step * count, (step + 1) * count):
+        epoch, pos = divmod(i, len(rows))
+        if epoch not in orders:
+            orders[epoch] = list(range(len(rows)))
+            random.Random(f"{seed}:{epoch}").shuffle(orders[epoch])
+        out.append(rows[orders[epoch][pos]])
+    return out
+
+
+def prompt_ids(tokenizer, question: str, cfg: DataConfig) -> list[int]:
+    """Token ids of one prompt: template, optional system prompt, chat template when asked."""
+    text = cfg.prompt_template.format(question=question)
+    if cfg.chat_template and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+            {"role": "user", "content": text}
+        ]
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    if cfg.system_prompt:
+        text = cfg.system_prompt + "\n\n" + text
+    return tokenizer(text)["input_ids"]
+
+
+def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows -> {column: [values]} as rewards take them (keys of the first row)."""
+    return {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}

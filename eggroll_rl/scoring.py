@@ -1,0 +1,35 @@
+"""Grading rollouts: the one path shared by training rewards and `eggroll-rl eval`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .data import columns
+
+
+@dataclass
+class Scores:
+    total: torch.Tensor  # (members, prompts, samples) weighted reward sum
+    per_reward: dict[str, torch.Tensor]  # raw value of each reward, NaN where it returned None
+    completions: list[str]  # flat, member-major then prompt then sample
+
+
+def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], reward_fn) -> Scores:
+    """Grade texts[member][prompt][sample] against the prompts' rows with `reward_fn`
+    (a `rewards.combine_rewards` object)."""
+    members, prompts, samples = len(texts), len(texts[0]), len(texts[0][0])
+    flat = [t for per_member in texts for per_prompt in per_member for t in per_prompt]
+    row_of = [rows[p] for _ in range(members) for p in range(prompts) for _ in range(samples)]
+    total, per_reward = reward_fn(flat, **columns(row_of))
+    shape = (members, prompts, samples)
+    as_tensor = lambda values: torch.tensor(  # noqa: E731
+        [float("nan") if v is None else float(v) for v in values], dtype=torch.float64
+    ).reshape(shape)
+    return Scores(
+        total=as_tensor(total),
+        per_reward={name: as_tensor(values) for name, values in per_reward.items()},
+        completions=flat,
+    )

@@ -1,0 +1,176 @@
+"""EGGROLL training: evolution strategies with low-rank perturbations, top to bottom.
+
+Why ES for LLM reasoning? GRPO-style RL needs backprop through the policy (activations kept,
+an optimizer state per weight, a training engine whose numerics differ from the inference engine
+that samples). ES needs only forward passes: every population member is the base model plus a
+perturbation, each member answers the same prompts, and the update is a fitness-weighted sum of
+the perturbations. The reward can be anything, non-differentiable included: a grader, a test
+suite, a checker. EGGROLL makes ES cheap for matrices: each member's perturbation of a weight W
+(out×in) is low rank, E = ±σ/√r·A·Bᵀ, so a member costs one thin extra product per layer
+(`x·Wᵀ + σ/√r·(x·B)·Aᵀ`) instead of its own copy of the model, while the population's update
+Σᵢ fᵢ·Eᵢ still has rank up to N·r.
+
+One step:
+  1. ask     the step's noise: factors (A, B) of each member pair are a pure function of
+             (seed, step, pair, parameter) — regenerated wherever needed, never stored.
+  2. rollout every member (mirrored ± pairs) answers the same prompts, in one batched call.
+  3. reward  verifiable rewards grade each completion (math answers, tests, format).
+  4. shape   per-prompt mean removed, divided by the global std → one fitness per member.
+  5. tell    ĝ = 1/(Nσ)·Σᵢ fᵢ·Eᵢ per matrix, an optimizer step on the fp32 master copy (es.py).
+  6. push    the new weights go back into the engine; then log, evaluate, checkpoint.
+
+The run directory (outputs/<run>/) holds the resolved recipe (config.yaml), metrics.jsonl,
+fitness.jsonl (the per-step fitness vectors: with the seed they determine the run), samples.jsonl,
+eval.jsonl and checkpoints/ (checkpoint.py). `--resume` continues exactly: interrupted and resumed,
+a run ends with the same weights, bit for bit (CPU, fp32), as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoTokenizer
+
+from .backends import make_backend
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import RecipeConfig, to_dict
+from .data import load_rows, prompt_ids, rows_for_step
+from .es import EggrollES
+from .evaluation import evaluate
+from .models import resolve_model
+from .params import checkpoint_shapes, load_tensors, select_targets
+from .progress import TrainProgress
+from .scoring import score_rollout
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Sampling seed of one step (a pure function, so resumed runs sample identically)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=4).digest(), "little")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_jsonl(path: Path, before_step: int) -> None:
+    """Drop records of steps >= before_step (written after the checkpoint we resume from)."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) < before_step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) -> Path:
+    """Run (or continue) the recipe `cfg` in `run_dir`; return the final checkpoint folder."""
+    from rewards import combine_rewards
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
+
+    # Model, data, rewards: everything that can fail on bad input fails here, before the engine.
+    model_dir = resolve_model(cfg.model)
+    train_rows, eval_rows = load_rows(cfg.data)
+    reward_fn = combine_rewards([(r.name, r.weight) for r in cfg.rewards])
+    targets = select_targets(checkpoint_shapes(model_dir), es_cfg.targets)
+    if not targets:
+        raise ValueError(f"es.targets: no 2-D weight of {model_dir} matches {es_cfg.targets}")
+
+    # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
+    master = load_tensors(model_dir, targets, dtype=torch.float32)
+    es = EggrollES(es_cfg, seed=cfg.seed, total_steps=steps)
+    start = 0
+    if resume and (done := list_checkpoints(run_dir)):
+        state, saved_master, optimizer_state = load_checkpoint(done[-1])
+        master = {name: saved_master[name] for name in targets}
+        es.load_state_tensors(optimizer_state, state["updates_applied"])
+        start = state["step"]
+        for log in ("metrics.jsonl", "fitness.jsonl", "samples.jsonl", "eval.jsonl"):
+            truncate_jsonl(run_dir / log, start)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    backend = make_backend(cfg, model_dir, targets)
+    try:
+        if start:
+            backend.load_weights(master)
+        eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in eval_rows]
+
+        def run_eval(step: int) -> dict:
+            result = evaluate(backend, eval_prompts, eval_rows, gen, reward_fn)
+            record = {"step": step, **result.summary()}
+            append_jsonl(run_dir / "eval.jsonl", record)
+            return record
+
+        progress = TrainProgress(steps, start, console=console)
+        with progress:
+            if cfg.train.eval_every and start == 0:
+                progress.update(eval=run_eval(0))
+            for step in range(start, steps):
+                t0 = time.perf_counter()
+                # 1. ask: the step's noise (regenerated from indices wherever it is needed).
+                noise = es.ask(step)
+                rows = rows_for_step(train_rows, step, es_cfg.prompts_per_step, cfg.data.shuffle_seed)
+                prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
+                # 2. rollout: every member answers every prompt, all in one batched call.
+                rollout = backend.generate(prompts, gen, noise, range(es_cfg.population), seed=step_seed(cfg.seed, step))
+                # 3. reward, 4. shape: rewards[member, prompt] (mean over samples) -> fitness[member].
+                t_reward = time.perf_counter()
+                scores = score_rollout(rollout.texts, rows, reward_fn)
+                rewards = scores.total.mean(dim=2)
+                fitness = es.shape(rewards)
+                # 5. tell: the ES update, applied in place to the fp32 master weights.
+                t_update = time.perf_counter()
+                stats = es.tell(step, fitness, master)
+                # 6. push the new weights into the engine.
+                t_push = time.perf_counter()
+                backend.load_weights(master)
+                t_end = time.perf_counter()
+
+                record = {
+                    "step": step + 1,
+                    "reward_mean": float(rewards.mean()),
+                    "reward_std": float(rewards.std(unbiased=False)),
+                    "reward_max_member": float(rewards.mean(dim=1).max()),
+                    **{f"reward/{k}": float(v.nanmean()) for k, v in scores.per_reward.items()},
+                    "fitness_std": float(fitness.std(unbiased=False)),
+                    "lr": stats.lr,
+                    "sigma": stats.sigma,
+                    "update_norm": stats.update_norm,
+                    "grad_norm": stats.grad_norm,
+                    "new_tokens": rollout.new_tokens,
+                    "tokens_per_s": rollout.new_tokens / max(rollout.seconds, 1e-9),
+                    "time/generate": rollout.seconds,
+                    "time/reward": t_update - t_reward,
+                    "time/update": t_push - t_update,
+                    "time/push": t_end - t_push,
+                    "time/step": t_end - t0,
+                }
+                append_jsonl(run_dir / "metrics.jsonl", record)
+                append_jsonl(run_dir / "fitness.jsonl", {"step": step, "fitness": fitness.tolist()})
+                for i in range(min(cfg.train.log_samples, len(scores.completions))):
+                    member, prompt = divmod(i, len(rows))
+                    append_jsonl(run_dir / "samples.jsonl", {
+                        "step": step + 1, "member": member, "question": rows[prompt]["question"],
+                        "answer": rows[prompt]["answer"],
+                        "completion": rollout.texts[member][prompt][0],
+                        "reward": float(scores.total[member, prompt, 0]),
+                    })
+                eval_record = None
+                if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == steps):
+                    eval_record = run_eval(step + 1)
+                if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or step + 1 == steps:
+                    save_checkpoint(
+                        run_dir, step + 1, model_dir, master, es.state_tensors(),
+                        {"seed": cfg.seed, "updates_applied": es.updates_applied, "base_model": str(model_dir),
+                         "targets": targets},
+                        keep=cfg.train.keep_checkpoints,
+                    )
+                progress.update(record=record, eval=eval_record)
+    finally:
+        backend.close()
+    return list_checkpoints(run_dir)[-1]
