@@ -69,15 +69,19 @@ def train(
     except ConfigError as exc:
         fail(str(exc), 2)
 
+    from transformers.utils import logging as hf_logging
+
     from .train import train as run_training
+
+    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
 
     console.print(f"run directory: [bold]{run_dir}[/]")
     try:
         final = run_training(cfg, run_dir, resume=resume is not None, console=console)
     except KeyboardInterrupt:
         fail(f"interrupted; continue with: eggroll-rl train --resume {run_dir}", 130)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
-        fail(f"{exc}", 2 if isinstance(exc, ConfigError) else 1)
+    except ConfigError as exc:
+        fail(str(exc), 2)
     console.print(f"done: final checkpoint [bold]{final}[/]")
 
 

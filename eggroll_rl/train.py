@@ -38,7 +38,7 @@ from transformers import AutoTokenizer
 
 from .backends import make_backend
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from .config import RecipeConfig, to_dict
+from .config import ConfigError, RecipeConfig, to_dict
 from .data import load_rows, prompt_ids, rows_for_step
 from .es import EggrollES
 from .evaluation import evaluate
@@ -69,17 +69,21 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
     """Run (or continue) the recipe `cfg` in `run_dir`; return the final checkpoint folder."""
     from rewards import combine_rewards
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
 
-    # Model, data, rewards: everything that can fail on bad input fails here, before the engine.
-    model_dir = resolve_model(cfg.model)
+    # Data, rewards, model: everything that can fail on bad input fails here, before the run
+    # directory is written and before the engine starts.
     train_rows, eval_rows = load_rows(cfg.data)
-    reward_fn = combine_rewards([(r.name, r.weight) for r in cfg.rewards])
+    try:
+        reward_fn = combine_rewards([(r.name, r.weight) for r in cfg.rewards])
+    except ValueError as exc:
+        raise ConfigError(f"rewards: {exc}") from None
+    model_dir = resolve_model(cfg.model)
     targets = select_targets(checkpoint_shapes(model_dir), es_cfg.targets)
     if not targets:
-        raise ValueError(f"es.targets: no 2-D weight of {model_dir} matches {es_cfg.targets}")
+        raise ConfigError(f"es.targets: no 2-D weight of {model_dir} matches {es_cfg.targets}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
     master = load_tensors(model_dir, targets, dtype=torch.float32)

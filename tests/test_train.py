@@ -1,0 +1,109 @@
+"""End to end: `eggroll-rl train` on the tiny recipe, resume, and CLI errors (CliRunner)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from eggroll_rl import train as train_module
+from eggroll_rl.cli import app
+from eggroll_rl.models import resolve_model
+from eggroll_rl.params import load_tensors
+
+from conftest import ROOT
+
+TINY = str(ROOT / "recipes" / "tiny.yaml")
+DATA = f"data.path={ROOT / 'recipes' / 'data' / 'gsm8k_mini.jsonl'}"
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_tiny_recipe_writes_complete_run_dir(tmp_path):
+    result = run_cli("train", TINY, DATA, f"output_dir={tmp_path}", "run_name=tiny")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "tiny"
+    for name in ("config.yaml", "metrics.jsonl", "fitness.jsonl", "samples.jsonl", "eval.jsonl"):
+        assert (run / name).is_file(), name
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["new_tokens"] > 0 and "time/generate" in m for m in metrics)
+    assert [e["step"] for e in read_jsonl(run / "eval.jsonl")] == [0, 2, 3]
+    fitness = read_jsonl(run / "fitness.jsonl")
+    assert len(fitness) == 3 and all(len(f["fitness"]) == 8 for f in fitness)
+    final = run / "checkpoints" / "step_000003"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.json",
+                 "trainer/master.safetensors", "trainer/optimizer.safetensors"):
+        assert (final / name).is_file(), name
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    base = load_tensors(resolve_model("tiny-random"))
+    trained = load_file(str(final / "model.safetensors"))
+    assert set(trained) == set(base)
+    changed = [n for n in base if not torch.equal(base[n], trained[n])]
+    assert changed and all(".mlp." in n or ".self_attn." in n for n in changed)  # only targets move
+    assert torch.equal(base["model.embed_tokens.weight"], trained["model.embed_tokens.weight"])
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, monkeypatch):
+    overrides = [DATA, "train.steps=4", "train.eval_every=0", "es.optimizer=adam", "es.lr=0.01"]
+    assert run_cli("train", TINY, *overrides, f"output_dir={tmp_path}", "run_name=full").exit_code == 0
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = real_save(run_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    interrupted = run_cli("train", TINY, *overrides, f"output_dir={tmp_path}", "run_name=cut")
+    assert interrupted.exit_code == 130 and "--resume" in interrupted.output
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert not (tmp_path / "cut" / "checkpoints" / "step_000004").exists()
+
+    resumed = run_cli("train", "--resume", str(tmp_path / "cut"))
+    assert resumed.exit_code == 0, resumed.output
+    for name in ("model.safetensors", "trainer/master.safetensors", "trainer/optimizer.safetensors"):
+        full = load_file(str(tmp_path / "full" / "checkpoints" / "step_000004" / name))
+        cut = load_file(str(tmp_path / "cut" / "checkpoints" / "step_000004" / name))
+        assert full.keys() == cut.keys()
+        assert all(torch.equal(full[k], cut[k]) for k in full), name
+    assert read_jsonl(tmp_path / "full" / "fitness.jsonl") == read_jsonl(tmp_path / "cut" / "fitness.jsonl")
+
+
+def test_bad_override_exits_2_with_one_line(tmp_path):
+    result = runner.invoke(app, ["train", TINY, "es.sigmaa=0.1", f"output_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "unknown key 'es.sigmaa'; did you mean 'es.sigma'?" in result.output
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_data_file_fails_before_model_work(tmp_path):
+    result = runner.invoke(app, ["train", TINY, "data.path=nope.jsonl", f"output_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "data.path: file 'nope.jsonl' not found" in result.output
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "metrics.jsonl").write_text("keep\n")
+    result = runner.invoke(app, ["train", TINY, f"output_dir={tmp_path}"])
+    assert result.exit_code == 2 and "--resume" in result.output
+    assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == "keep\n"
+
+
+def test_recipes_lists_shipped_recipes():
+    result = run_cli("recipes")
+    assert result.exit_code == 0
+    assert "tiny" in result.output and "Smoke test" in result.output
