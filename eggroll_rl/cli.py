@@ -73,9 +73,10 @@ def train(
 
     from .train import train as run_training
 
-    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
+    import datasets
 
-    console.print(f"run directory: [bold]{run_dir}[/]")
+    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
+    datasets.disable_progress_bars()
     try:
         final = run_training(cfg, run_dir, resume=resume is not None, console=console)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ sees exactly the prompts an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 TASK_PREFIX = "reasoning_gym:"
 
 
-def _load_split(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
+def _load_split(cfg: DataConfig, split: str, key: str = "data.path") -> list[dict[str, Any]]:
+    """Rows of a local file (`split` is then ignored) or of a hub dataset's split."""
     import datasets
 
     path = Path(cfg.path)
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
-            raise ConfigError(f"data.path: file '{cfg.path}' not found; give an existing .jsonl/.json/.parquet/.csv file or a hub dataset id")
+            raise ConfigError(f"{key}: file '{cfg.path}' not found; give an existing .jsonl/.json/.parquet/.csv file or a hub dataset id")
         ds = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
     else:
         try:
@@ -62,7 +64,16 @@ def load_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
         rows = _normalize(_load_split(cfg, cfg.split), cfg)
     random.Random(cfg.shuffle_seed).shuffle(rows)
     if cfg.eval_split is not None:
-        eval_rows = _normalize(_load_split(cfg, cfg.eval_split), cfg)[: cfg.eval_size]
+        if Path(cfg.eval_split).suffix in LOCAL_FORMATS:  # a local held-out file
+            held_out = _load_split(dataclasses.replace(cfg, path=cfg.eval_split), "", "data.eval_split")
+        elif Path(cfg.path).suffix in LOCAL_FORMATS:
+            raise ConfigError(
+                f"data.eval_split: '{cfg.eval_split}' is a split name but data.path is a local file; "
+                "give a local held-out file (data.eval_split=test.jsonl) or data.eval_split=null to carve data.eval_size rows off"
+            )
+        else:
+            held_out = _load_split(cfg, cfg.eval_split)
+        eval_rows = _normalize(held_out, cfg)[: cfg.eval_size]
         train_rows = rows
     else:
         if cfg.eval_size >= len(rows):

@@ -84,6 +84,8 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
         raise ConfigError(f"es.targets: no 2-D weight of {model_dir} matches {es_cfg.targets}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if console is not None:
+        console.print(f"run directory: [bold]{run_dir}[/]  model: {model_dir}  targets: {len(targets)} matrices")
 
     # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
     master = load_tensors(model_dir, targets, dtype=torch.float32)
