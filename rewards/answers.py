@@ -1,0 +1,195 @@
+"""Final-answer extraction: the one short string a completion commits to, or None.
+
+Why this exists: a grader handed free text finds *something* to evaluate. Given a whole
+completion, math-verify evaluated the left side of "71 - 26 = 37" (= 45) and credited it; ES
+learned to write such wrong equations within 4 steps. So graders only ever see the string
+returned here.
+
+Where the final answer is, first rule that applies:
+
+1. **Boxed**: the content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (braces balanced).
+2. **Marker**: the last "answer is" / "answer:" / "####"; the answer is the single number or
+   math expression right after it (on the same line, or the next non-empty one). A marker
+   followed by words ("the answer is that she ...") gives None, not a guess.
+3. **Last number** in the text.
+
+Several candidates get no credit (None). The rule:
+
+* boxed: the line that holds the last box holds another box with a different content
+  (``\\boxed{12} or \\boxed{13}``), or the last box says "or" (``\\boxed{12 \\text{ or } 13}``);
+  repeating the same value (``\\boxed{12} = \\boxed{12}``) is fine;
+* marker: the expression is followed by a separator (``,`` ``;`` "or" "and") and another
+  number or expression: "12 or 13", "3, 4, 5", "$12 or $13", "12, and 13". A comma followed by
+  words ("18, since ...") is fine. Answers that are themselves lists belong in a box, where
+  math-verify compares them as sets/tuples.
+
+Normalization of the extracted string: ``$`` delimiters and escaped dollars, ``\\(`` ``\\)``,
+markdown bold and trailing punctuation are dropped; thousands separators in a plain number are
+removed ("1,000.00" -> "1000.00"); an equation chain whose second-to-last side is pure
+arithmetic (no letters) keeps its last side, the stated result: "71 - 26 = 37" -> "37",
+"16 - 3 - 4 = 9" -> "9", while "x^2 + y^2 = 1" and "y = 2x + 3" stay whole. An equation that
+goes on after the box or marked answer counts too: "\\boxed{71 - 26} = 37" -> "37" (math-verify
+given that free text credits it for gold 45: it picks the box and evaluates it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# -- building blocks -----------------------------------------------------------------------
+
+_NUM = r"\d{1,3}(?:,\d{3})+(?![\d])(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
+_BRACES = r"\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"  # up to three levels of nesting
+_ATOM = (
+    rf"(?:{_NUM}"
+    rf"|\\[a-zA-Z]+(?:\s*{_BRACES})*"  # \frac{1}{2}, \sqrt{3}, \pi
+    rf"|{_BRACES}"
+    r"|\((?:[^()]|\([^()]*\))*\)"  # (3, 4)
+    r"|\[[^\[\]]*\]"
+    r"|[a-zA-Z](?![a-zA-Z])"  # a variable or a choice letter, never the start of a word
+    r"|\\?%|'"
+    r")"
+)
+# \cdot, \times, \le, \text (units) ..., and "x" as in "5 x 3".
+_OP = r"(?:[-+*/^_=<>×÷·]|\\[a-zA-Z]+|[xX](?=[ \t]*\d))"
+_EXPR = re.compile(rf"[-+]?(?:{_ATOM})+(?:[ \t]*{_OP}[ \t]*[-+]?(?:{_ATOM})+)*")
+# What may sit between a marker and its answer: space, markdown bold, $ and \( \[ delimiters.
+_LEAD = re.compile(r"(?:\s|\*\*|\\?\$|\\\(|\\\[|:)*")
+# A second candidate after the first: a separator, then something that starts a number/expression.
+# (Written without two adjacent [ \t]* that could split one run of spaces: that is quadratic.)
+_ANOTHER = re.compile(
+    r"[ \t]*(?:\([ \t]*)?(?:,|;|\bor\b|\band\b)(?:[ \t]|\*\*|\\?\$|\\\(|\b(?:or|and)\b)*"
+    r"[-+]?(?:\d|\.\d|\\[a-zA-Z])",
+    re.IGNORECASE,
+)
+_MARKER = re.compile(r"\banswer\s*(?:is\s*:?|:)|####", re.IGNORECASE)
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_LAST_NUMBER = re.compile(rf"(?:(?<![\w)\]}}])-)?(?:{_NUM})")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_EQUALS = re.compile(r"(?<![<>!=\\])=(?!=)")
+# An equation that continues after a box or answer: "\boxed{71 - 26} = 37", "$71 - 26$ = 37".
+_GOES_ON = re.compile(r"(?:\$|\\\)|\*\*|[ \t])*=(?!=)(?:\$|\\\(|\*\*|[ \t])*")
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    """Where a completion states its final answer.
+
+    ``answer`` is the normalized answer, None when the completion names several candidates;
+    ``kind`` is "boxed", "marker" or "number"; ``end`` is the offset just after the answer
+    (after the closing brace of a box) in the original text.
+    """
+
+    answer: str | None
+    kind: str
+    end: int
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of each top-level \\boxed{...}/\\fbox{...} with balanced braces."""
+    found, pos = [], 0
+    while m := _BOX.search(text, pos):
+        i, depth = m.end(), 1
+        while i < len(text) and depth:
+            if text[i] == "\\":
+                i += 2  # \{ and \} are literal braces, not grouping
+                continue
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth:  # unbalanced: no more complete boxes after this one
+            break
+        found.append((m.start(), i, text[m.end() : i - 1]))
+        pos = i
+    return found
+
+
+def normalize_answer(answer: str) -> str | None:
+    """Clean an extracted or gold answer string (see the module docstring); None if empty."""
+    s = answer.strip()
+    s = re.sub(r"\\\$|\$|\\\(|\\\)|\\\[|\\\]|\*\*", "", s)
+    s = re.sub(r"\\[,!; ]", "", s).replace("{,}", ",").strip()
+    s = s.rstrip(" \t\n.,;:")
+    sides = _EQUALS.split(s)
+    if len(sides) >= 2 and sides[-1].strip():
+        # \frac{1}{2}, \pi and "5 x 3" count as arithmetic
+        left = re.sub(r"\\[a-zA-Z]+|(?<=\d)\s*[xX](?=\s*\d)", "", sides[-2])
+        if not re.search(r"[a-zA-Z]", left):
+            s = sides[-1].strip()
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    return s or None
+
+
+def _from_box(text: str) -> FinalAnswer | None:
+    boxes = _boxes(text)
+    if not boxes:
+        return None
+    start, end, content = boxes[-1]
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end < 0 else line_end
+    answer, end = _stated_result(text, content, end)
+    same_line = {normalize_answer(c) for s, e, c in boxes if s >= line_start and e <= line_end}
+    if len(same_line) > 1 or re.search(r"\bor\b", content):
+        answer = None
+    return FinalAnswer(answer, "boxed", end)
+
+
+def _from_marker(text: str) -> FinalAnswer | None:
+    markers = list(_MARKER.finditer(text))
+    if not markers:
+        return None
+    pos = _LEAD.match(text, markers[-1].end()).end()
+    m = _EXPR.match(text, pos)
+    if not m:
+        return FinalAnswer(None, "marker", pos)
+    if _ANOTHER.match(text, m.end()):
+        return FinalAnswer(None, "marker", m.end())
+    answer, end = _stated_result(text, m.group(), m.end())
+    return FinalAnswer(answer, "marker", end)
+
+
+def _stated_result(text: str, answer: str, end: int) -> tuple[str | None, int]:
+    """`answer`, or the last side of an equation that goes on after it, normalized."""
+    while (eq := _GOES_ON.match(text, end)) and (m := _EXPR.match(text, eq.end())):
+        answer, end = m.group(), m.end()
+    return normalize_answer(answer), end
+
+
+def find_final_answer(text: str) -> FinalAnswer | None:
+    """The final answer of `text` and where it is, by the rules above; None if there is none."""
+    found = _from_box(text) or _from_marker(text)
+    if found:
+        return found
+    numbers = list(_LAST_NUMBER.finditer(text))
+    if not numbers:
+        return None
+    return FinalAnswer(normalize_answer(numbers[-1].group()), "number", numbers[-1].end())
+
+
+def extract_final_answer(text: str) -> str | None:
+    """The normalized final answer of `text`, or None (no answer, or several candidates)."""
+    found = find_final_answer(text)
+    return found.answer if found else None
+
+
+def gold_answer(answer: object) -> str | None:
+    """The gold final answer: GSM8K's "... #### 18" -> "18"; otherwise the (normalized) string.
+
+    MATH-500 style golds (``\\frac{1}{2}``, ``(3, \\frac{\\pi}{2})``) pass through unchanged but
+    for whitespace, ``$`` and thousands separators. None/empty -> None.
+    """
+    if answer is None:
+        return None
+    text = str(answer)
+    if "####" in text:
+        text = text.rsplit("####", 1)[1]
+    return normalize_answer(text)
+
+
+def completion_text(completion: object) -> str:
+    """The text of a completion: a string, or the last message of a chat (TRL's format)."""
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return "" if completion is None else str(completion)
