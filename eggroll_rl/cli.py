@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,92 @@ def train(
     except ConfigError as exc:
         fail(str(exc), 2)
     console.print(f"done: final checkpoint [bold]{final}[/]")
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()] if (run_dir / "eval.jsonl").is_file() else []
+    if len(evals) >= 2:
+        before, after = evals[0], evals[-1]
+        table = results_table(
+            [(f"before (step {before['step']})", before), (f"after (step {after['step']})", after)],
+            title=f"held-out {cfg.data.path}: {after['n']} prompts, greedy",
+        )
+        add_difference_row(table, before, after)
+        console.print(table)
+
+
+def results_table(named: list[tuple[str, dict]], title: str) -> Table:
+    """One row per evaluation summary (see EvalResult.summary)."""
+    extra = [k for k in named[0][1] if k.startswith(("pass@", "maj@"))]
+    table = Table("model", "n", "accuracy [95% CI]", *extra, "tokens/s", title=title)
+    for name, s in named:
+        table.add_row(
+            name, str(s["n"]), f"{s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]",
+            *(f"{s[k]:.3f}" for k in extra), f"{s['tokens_per_s']:.0f}",
+        )
+    return table
+
+
+def add_difference_row(table: Table, before: dict, after: dict) -> None:
+    from .metrics import paired_difference_ci
+
+    diff, low, high = paired_difference_ci(after["per_prompt"], before["per_prompt"])
+    table.add_row("difference", "", f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]", *[""] * (len(table.columns) - 3))
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="Alias, local folder, hub id, run directory or checkpoint."),
+    recipe: Optional[str] = typer.Argument(None, help="Recipe for data, prompt, generation and rewards (default: the run's own)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. data.eval_size=200"),
+    samples: int = typer.Option(1, "--samples", "-k", help="Samples per prompt: 1 = greedy accuracy; k > 1 adds pass@k and maj@k."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature when --samples > 1."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="A second model (e.g. the base) scored on the same prompts."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file for every completion and its rewards."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+) -> None:
+    """Score a model on a recipe's held-out set with the training grader: accuracy, pass@k, maj@k."""
+    overrides = list(overrides or [])
+    if recipe is not None and "=" in recipe and not Path(recipe).is_file():
+        overrides.insert(0, recipe)
+        recipe = None
+    if samples < 1:
+        fail(f"--samples: got {samples}; expected an integer >= 1", 2)
+    if samples > 1:
+        overrides += [f"generation.samples_per_prompt={samples}", f"generation.temperature={temperature}"]
+    try:
+        if recipe is None:
+            saved = Path(model) / "config.yaml"
+            if not saved.is_file():
+                fail(f"missing RECIPE: {model} is not a run directory with a config.yaml; e.g. `eggroll-rl eval {model} recipes/quickstart.yaml`", 2)
+            cfg = load_config(saved, overrides)
+        else:
+            cfg = load_config(recipe_path(recipe), overrides)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from .evaluation import evaluate_model
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    results = []
+    try:
+        for spec in [model] + ([compare] if compare else []):
+            with console.status(f"evaluating {spec}"):
+                results.append((spec, evaluate_model(cfg, spec, seed=seed)))
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    out = out or Path(cfg.output_dir) / "eval" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for spec, result in results:
+            result.write_jsonl(f, spec)
+    summaries = [(spec, r.summary()) for spec, r in results]
+    table = results_table(summaries, title=f"eval on {cfg.data.path} ({summaries[0][1]['n']} held-out prompts)")
+    if compare:
+        add_difference_row(table, summaries[1][1], summaries[0][1])
+    console.print(table)
+    console.print(f"completions: {out}")
 
 
 @app.command()
@@ -94,6 +181,14 @@ def recipes() -> None:
         data = load_recipe_dict(path)
         table.add_row(path.stem, str(data.get("description", "")), str(data.get("model", "")))
     console.print(table)
+
+
+try:  # the export command lives in its own module (export, model card, hub push, replay)
+    from .export_cli import export
+
+    app.command()(export)
+except ImportError:  # pragma: no cover - only while that module is being written
+    pass
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -1,12 +1,20 @@
-"""Held-out evaluation: the same generation and grading path as training, on the base weights."""
+"""Evaluation: the same generation and grading path as training, on a model's base weights.
+
+Greedy accuracy is the recipe's first reward averaged over held-out prompts (a sample counts
+as correct when that reward is 1). With k samples per prompt it also reports pass@k (unbiased
+estimator) and maj@k (the majority final answer, graded). Training's periodic evals and
+`eggroll-rl eval` both call :func:`evaluate`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from .config import GenerationConfig
+from .metrics import majority_vote, mean_ci, pass_at_k
 from .scoring import Scores, score_rollout
 
 
@@ -17,25 +25,70 @@ class EvalResult:
     primary: str  # name of the reward reported as "accuracy" (the recipe's first reward)
     tokens_per_s: float
 
-    def summary(self) -> dict[str, float]:
-        out = {
-            "accuracy": float(self.scores.per_reward[self.primary].nanmean()),
+    @property
+    def correct(self) -> list[list[bool]]:
+        """correct[prompt][sample]: the primary reward is 1."""
+        values = self.scores.per_reward[self.primary][0]
+        return [[bool(v >= 1.0 - 1e-9) for v in per_prompt] for per_prompt in values.tolist()]
+
+    def per_prompt_accuracy(self) -> list[float]:
+        """Mean primary reward of each prompt over its samples (NaN-free: missing = 0)."""
+        values = self.scores.per_reward[self.primary][0].nan_to_num(0.0)
+        return values.mean(dim=1).tolist()
+
+    def summary(self) -> dict[str, Any]:
+        per_prompt = self.per_prompt_accuracy()
+        mean, low, high = mean_ci(per_prompt)
+        samples = len(self.correct[0]) if self.correct else 0
+        out: dict[str, Any] = {
+            "accuracy": mean, "ci_low": low, "ci_high": high,
             "reward_mean": float(self.scores.total.mean()),
-            "n": len(self.rows),
-            "tokens_per_s": self.tokens_per_s,
+            "n": len(self.rows), "samples": samples, "tokens_per_s": self.tokens_per_s,
         }
+        if samples > 1:
+            out[f"pass@{samples}"] = sum(pass_at_k(samples, sum(c), samples) for c in self.correct) / len(self.correct)
+            out[f"maj@{samples}"] = self.majority_accuracy()
         out.update({f"reward/{k}": float(v.nanmean()) for k, v in self.scores.per_reward.items()})
+        out["per_prompt"] = per_prompt
         return out
 
+    def majority_accuracy(self) -> float:
+        """maj@k: grade the completion carrying each prompt's most common final answer."""
+        from rewards import extract_final_answer
 
-def greedy(gen: GenerationConfig) -> GenerationConfig:
-    return dataclasses.replace(gen, temperature=0.0, samples_per_prompt=1)
+        texts = self.scores.completions
+        samples = len(self.correct[0])
+        hits = []
+        for p, correct in enumerate(self.correct):
+            answers = [extract_final_answer(t) for t in texts[p * samples : (p + 1) * samples]]
+            voted = majority_vote(answers)
+            hits.append(float(voted is not None and correct[answers.index(voted)]))
+        return sum(hits) / len(hits)
+
+    def write_jsonl(self, f: IO[str], model: str) -> None:
+        """One line per completion: the prompt, the completion, every reward."""
+        samples = len(self.correct[0])
+        for i, completion in enumerate(self.scores.completions):
+            p, s = divmod(i, samples)
+            f.write(json.dumps({
+                "model": model, "index": p, "sample": s,
+                "question": self.rows[p]["question"], "answer": self.rows[p]["answer"],
+                "completion": completion,
+                "reward": float(self.scores.total[0, p, s]),
+                **{k: _plain(v[0, p, s]) for k, v in self.scores.per_reward.items()},
+            }) + "\n")
+
+
+def _plain(value) -> float | None:
+    value = float(value)
+    return None if value != value else value
 
 
 def evaluate(backend, prompts: list[list[int]], rows, gen: GenerationConfig, reward_fn, seed: int = 0) -> EvalResult:
-    """Score the engine's current base weights on `rows` (greedy unless `gen` says otherwise
-    for eval-time sampling; training's sampling settings are not used here)."""
-    gen = greedy(gen) if gen.samples_per_prompt == 1 else gen
+    """Score the engine's current base weights on `rows`: greedy when `gen.samples_per_prompt`
+    is 1 (training's sampling temperature is not used for evals), else k seeded samples."""
+    if gen.samples_per_prompt == 1:
+        gen = dataclasses.replace(gen, temperature=0.0)
     rollout = backend.generate(prompts, gen, None, (), seed=seed)
     scores = score_rollout(rollout.texts, rows, reward_fn)
     return EvalResult(
@@ -44,3 +97,25 @@ def evaluate(backend, prompts: list[list[int]], rows, gen: GenerationConfig, rew
         primary=next(iter(scores.per_reward)),
         tokens_per_s=rollout.new_tokens / max(rollout.seconds, 1e-9),
     )
+
+
+def evaluate_model(cfg, model_spec: str, seed: int = 0) -> EvalResult:
+    """Load `model_spec` (alias, folder, hub id, run or checkpoint) and score it on the recipe's
+    held-out rows with the recipe's prompt format, generation settings and rewards."""
+    from transformers import AutoTokenizer
+
+    from rewards import combine_rewards
+
+    from .backends import make_backend
+    from .data import load_rows, prompt_ids
+    from .models import resolve_model
+    from .params import checkpoint_shapes, select_targets
+
+    _, rows = load_rows(cfg.data)
+    reward_fn = combine_rewards([(r.name, r.weight) for r in cfg.rewards])
+    model_dir = resolve_model(model_spec)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
+    targets = select_targets(checkpoint_shapes(model_dir), cfg.es.targets)
+    with make_backend(cfg, model_dir, targets) as backend:
+        return evaluate(backend, prompts, rows, cfg.generation, reward_fn, seed=seed)
