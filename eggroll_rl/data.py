@@ -18,6 +18,7 @@ from .config import ConfigError, DataConfig
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TASK_PREFIX = "reasoning_gym:"
+MBPP_PREFIX = "mbpp:"  # mbpp:<local MBPP-format .jsonl>
 
 
 def _load_split(cfg: DataConfig, split: str, key: str = "data.path") -> list[dict[str, Any]]:
@@ -60,6 +61,10 @@ def load_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
         from .code_tasks import load_humaneval
 
         rows = load_humaneval()
+    elif cfg.path.startswith(MBPP_PREFIX):
+        from .code_tasks import load_mbpp
+
+        rows = load_mbpp(cfg.path[len(MBPP_PREFIX):])
     else:
         rows = _normalize(_load_split(cfg, cfg.split), cfg)
     random.Random(cfg.shuffle_seed).shuffle(rows)

@@ -35,7 +35,7 @@ def registered() -> list[str]:
 
 
 # Modules of this package whose import registers built-in rewards.
-_BUILTIN_MODULES = ("format_reward", "math_reward", "task_rewards")
+_BUILTIN_MODULES = ("format_reward", "math_reward", "task_rewards", "code_reward")
 
 
 def _load_builtins() -> None:
