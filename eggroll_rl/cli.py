@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict
+from .export_cli import export
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LLMs for reasoning with EGGROLL evolution strategies.")
 console = Console()
@@ -183,12 +184,7 @@ def recipes() -> None:
     console.print(table)
 
 
-try:  # the export command lives in its own module (export, model card, hub push, replay)
-    from .export_cli import export
-
-    app.command()(export)
-except ImportError:  # pragma: no cover - only while that module is being written
-    pass
+app.command()(export)  # export, model card, hub push, replay: its own module (export_cli.py)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

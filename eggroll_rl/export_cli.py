@@ -1,0 +1,140 @@
+"""`eggroll-rl export`: a run -> a Hugging Face model folder (+ model card), optionally pushed to the Hub.
+
+Registered in cli.py as ``app.command()(export)``. Heavy imports (torch, transformers,
+huggingface_hub) happen inside the command, after the arguments are checked.
+
+Exit codes: 0 done; 2 a problem with the arguments or the run (no such step, --out not empty, bad
+repo id, no fitness log); 1 the push failed (no token, network, HTTP error: the local export, when
+one was written, is complete); 130 interrupted (nothing half-written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True, highlight=False)  # whole lines: paths stay copy-pasteable
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    """One line naming the problem and the fix, then a non-zero exit (as cli.fail)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `eggroll-rl train` (outputs/<run>)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Export the weights after this many steps (default: the last checkpoint; with --replay: the last logged step)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/export, or RUN_DIR/export-step_N)."),
+    replay: bool = typer.Option(False, "--replay", help="Rebuild the weights from the run's fitness log (fitness.jsonl) instead of a checkpoint."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="ORG/NAME", help="Upload the folder to this Hub repo (created if needed; token from HF_TOKEN or `huggingface-cli login`)."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private (with --push-to-hub)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch to upload to, created if needed (with --push-to-hub; default main)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be written/uploaded; write and upload nothing."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+) -> None:
+    """Export a run as a Hugging Face model folder (weights, tokenizer, model card, plot); optionally push it."""
+    from .hub import TOKEN_HELP, check_repo_id, find_token, hub_endpoint, offline_mode
+
+    if (private or revision is not None) and not push_to_hub:
+        _fail("--private and --revision apply to an upload; add --push-to-hub ORG/NAME", 2)
+    if push_to_hub:
+        problem = check_repo_id(push_to_hub)
+        if problem:
+            _fail(problem, 2)
+    if revision is not None and (not revision.strip() or revision != revision.strip() or " " in revision):
+        _fail(f"--revision: '{revision}' is not a branch name", 2)
+    if step is not None and step < 0:
+        _fail(f"--step: got {step}; expected a step >= 0", 2)
+
+    token, token_source = None, ""
+    if push_to_hub and not dry_run:
+        if offline_mode():
+            _fail("HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0) to push; nothing was exported", 1)
+        token, token_source = find_token()
+        if not token:
+            _fail(f"--push-to-hub needs a Hugging Face token: {TOKEN_HELP}; nothing was exported", 1)
+
+    from .config import ConfigError
+    from .export import MANIFEST, ExportError, export_run
+    from .model_card import human_bytes
+    from .replay import ReplayError
+
+    try:
+        result = export_run(run_dir, out=out, step=step, replay=replay, force=force, repo_id=push_to_hub,
+                            dry_run=dry_run, reuse=bool(push_to_hub))
+    except (ExportError, ReplayError, ConfigError) as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", 130)
+
+    # What was exported
+    where = "checkpoint" if result.source == "checkpoint" else "fitness log"
+    if result.reused:
+        console.print(f"using the existing export of step {result.step} at [bold]{result.out}[/]", highlight=False)
+    elif result.written:
+        console.print(f"exported step {result.step} of {run_dir} (from its {where}) -> [bold]{result.out}[/]", highlight=False)
+    console.print(
+        f"  {len(result.files)} files, {human_bytes(result.total_bytes)}; model.safetensors {human_bytes(result.weights_bytes)}",
+        highlight=False,
+    )
+    if result.source == "replay" and not result.reused:
+        console.print(f"  replay: {result.step} steps rebuilt from fitness.jsonl in {result.replay_seconds:.1f} s; "
+                      + (result.verified or f"no checkpoint of step {result.step} to compare with"), highlight=False)
+    if result.fitness_log_bytes or result.checkpoint_bytes:
+        ratio = (f" ({result.checkpoint_bytes / result.fitness_log_bytes:,.0f}x smaller)"
+                 if result.fitness_log_bytes and result.checkpoint_bytes else "")
+        ckpt = f" vs one checkpoint {human_bytes(result.checkpoint_bytes)}" if result.checkpoint_bytes else ""
+        console.print(f"  fitness log {human_bytes(result.fitness_log_bytes)} for {result.step} steps{ckpt}{ratio}", highlight=False)
+    b, a = result.eval_before, result.eval_after
+    if b is not None and a is not None:
+        console.print(f"  eval accuracy {b.get('accuracy', float('nan')):.3f} (step 0) -> {a.get('accuracy', float('nan')):.3f} "
+                      f"(step {a.get('step')}), n={a.get('n', '?')}", highlight=False)
+    for note in result.notes:
+        console.print(f"  note: {note}", highlight=False)
+
+    if dry_run:
+        what = f"{len(result.files)} files ({human_bytes(result.total_bytes)})"
+        target = f"{push_to_hub} (revision {revision or 'main'}{', private' if private else ''}) at {hub_endpoint()}"
+        if result.reused:
+            plan = f"would upload the {what} of {result.out} to {target}"
+        elif push_to_hub:
+            plan = f"would write {what} to {result.out} and upload them to {target}"
+        else:
+            plan = f"would write {what} to {result.out}"
+        console.print(f"dry run: {plan}:")
+        width = max(len(p) for p, _ in result.files)
+        for path, size in result.files:
+            console.print(f"  {path:<{width}}  {human_bytes(size):>9}", highlight=False)
+        if push_to_hub:
+            found, source = find_token()
+            console.print(f"token: {'found (' + source + ')' if found else 'none; a real push needs one: ' + TOKEN_HELP}", highlight=False)
+        console.print("nothing was written or uploaded", highlight=False)
+        return
+
+    if not push_to_hub:
+        return
+    from .hub import HubError, push_folder
+
+    try:
+        pushed = push_folder(result.out, push_to_hub, token=token, private=private, revision=revision,
+                             ignore_patterns=[MANIFEST])
+    except HubError as exc:
+        _fail(f"{exc}; the export at {result.out} is complete: rerun this command to retry the upload", 1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted during the upload; the export at {result.out} is complete: rerun this command to retry", 130)
+    console.print(f"pushed {len(result.files)} files ({human_bytes(result.total_bytes)}) to [bold]{pushed.repo_url}[/] "
+                  f"(token from {token_source})", highlight=False)
+    if pushed.commit_url:
+        console.print(f"  commit: {pushed.commit_url}", highlight=False)
