@@ -1,0 +1,232 @@
+"""Runs inside vLLM's worker process: population members as in-memory LoRA adapters.
+
+Loaded by ``LLM(worker_extension_cls="eggroll_rl.backends.vllm_worker.EggrollWorkerExtension")``;
+vLLM mixes this class into its worker, so ``self`` is the worker and the methods are reached with
+``llm.collective_rpc("eggroll_...", args=...)``.
+
+Only indices cross the process boundary: the worker regenerates every member's low-rank factors
+from (seed, step, pair, name) with :mod:`eggroll_rl.noise` — the same pure function the trainer
+uses — and turns them into a LoRA adapter per member:
+
+    E_m = s·σ/√r · A·Bᵀ  =  lora_B @ lora_A · scaling,   lora_A = Bᵀ (r×in),
+                                                          lora_B = s·σ/√r·A (out×r), scaling = 1
+
+named per Hugging Face sub-module (q_proj, k_proj, v_proj, gate_proj, up_proj, ...) exactly as a
+PEFT adapter would be, so vLLM packs them into its fused qkv_proj / gate_up_proj layers itself.
+Adapters are registered straight into the worker's LoRA model manager
+(``LoRAModel.from_lora_tensors`` + ``LRUCacheLoRAModelManager.add_adapter``); nothing touches
+disk. A request whose ``lora_int_id`` is already registered is served from it without loading.
+
+vLLM internals used (checked for the versions in ``vllm_backend.SUPPORTED_VLLM``):
+``worker.model_runner.lora_manager`` (LRUCacheWorkerLoRAManager) and its ``_adapter_manager``
+(LRUCacheLoRAModelManager: ``add_adapter``, ``remove_adapter``, ``list_adapters``, ``modules``),
+``vllm.lora.lora_model.LoRAModel.from_lora_tensors``, ``vllm.lora.peft_helper.PEFTHelper`` and
+``model_runner.reload_weights(weights_iterator=..., is_checkpoint_format=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ..noise import low_rank_factors, member_sign
+
+_PREFIX = "base_model.model."
+
+
+def _module_of(hf_name: str) -> str:
+    """``model.layers.0.self_attn.q_proj.weight`` -> ``model.layers.0.self_attn.q_proj``."""
+    return hf_name[: -len(".weight")] if hf_name.endswith(".weight") else hf_name
+
+
+def decode_tensor(item: tuple[str, str, tuple[int, ...], bytes]) -> tuple[str, torch.Tensor]:
+    """(name, dtype, shape, raw bytes) -> (name, tensor); collective_rpc does not keep tensors."""
+    name, dtype, shape, raw = item
+    arr = np.frombuffer(bytearray(raw), dtype=np.dtype(dtype)).reshape(shape)
+    return name, torch.from_numpy(arr)
+
+
+@contextmanager
+def _quiet(*logger_names: str, level: int = logging.ERROR):
+    """Silence per-layer "weights not loaded" warnings of a partial in-place reload."""
+    loggers = [logging.getLogger(n) for n in logger_names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)
+
+
+class EggrollWorkerExtension:
+    """Mixed into vLLM's worker class; every public method is a collective_rpc target."""
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _eggroll_lora_manager(self):
+        runner = self.model_runner
+        manager = getattr(runner, "lora_manager", None)
+        if manager is None:
+            raise RuntimeError("the vLLM engine was started without enable_lora=True")
+        return manager._adapter_manager
+
+    def _eggroll_build(
+        self,
+        lora_id: int,
+        seed: int,
+        step: int,
+        sigma: float,
+        rank: int,
+        member: int,
+        targets: list[tuple[str, tuple[int, int]]],
+        cache: dict,
+    ):
+        from vllm.lora.lora_model import LoRAModel
+        from vllm.lora.peft_helper import PEFTHelper
+
+        adapter_manager = self._eggroll_lora_manager()
+        lora_config = self.model_runner.lora_config
+        scale = member_sign(member) * sigma / float(np.sqrt(rank))
+        pair = member // 2
+        tensors: dict[str, torch.Tensor] = {}
+        for name, shape in targets:
+            key = (pair, name)
+            if key not in cache:
+                cache[key] = low_rank_factors(seed, step, pair, name, tuple(shape), rank)
+            a, b = cache[key]
+            module = _PREFIX + _module_of(name)
+            tensors[module + ".lora_A.weight"] = b.T.contiguous()  # r × in
+            tensors[module + ".lora_B.weight"] = a * scale  # out × r
+        peft_helper = PEFTHelper(
+            r=rank,
+            lora_alpha=rank,  # scaling = alpha / r = 1
+            target_modules=sorted({_module_of(n).rsplit(".", 1)[-1] for n, _ in targets}),
+        )
+        model = adapter_manager.model
+        mapper = getattr(model, "hf_to_vllm_mapper", None)
+        if mapper is not None:
+            mapper = mapper.get_rename_mapper()
+        lora = LoRAModel.from_lora_tensors(
+            lora_model_id=lora_id,
+            tensors=tensors,
+            peft_helper=peft_helper,
+            device="cpu",
+            dtype=lora_config.lora_dtype,
+            model_vocab_size=self.model_runner.model_config.get_vocab_size(),
+            weights_mapper=mapper,
+            skip_prefixes=getattr(model, "lora_skip_prefixes", None),
+        )
+        return lora
+
+    # -- collective_rpc targets ------------------------------------------------------------
+
+    def eggroll_check_targets(self, targets: list[tuple[str, tuple[int, int]]], rank: int) -> list[str]:
+        """Why targets cannot be perturbed through LoRA (empty: all fine). Registers nothing."""
+        from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+
+        adapter_manager = self._eggroll_lora_manager()
+        try:
+            lora = self._eggroll_build(2**31 - 2, 0, 0, 1.0, rank, 0, targets, {})
+            # Pack q/k/v and gate/up like add_adapter would, without registering the adapter.
+            adapter_manager._create_merged_loras_inplace(lora)
+        except Exception as exc:  # e.g. a name vLLM's LoRA loader does not understand
+            return [f"{type(exc).__name__}: {exc}"]
+        problems = []
+        for module in sorted(lora.loras):
+            layer = adapter_manager.modules.get(module)
+            if layer is None:
+                problems.append(f"{module} (no LoRA-capable vLLM module of that name)")
+            elif not isinstance(layer, BaseLinearLayerWithLoRA):
+                problems.append(f"{module} (a {type(layer).__name__}, not a linear layer)")
+        return problems
+
+    def eggroll_add_members(
+        self,
+        seed: int,
+        step: int,
+        sigma: float,
+        rank: int,
+        members: list[int],
+        lora_ids: list[int],
+        targets: list[tuple[str, tuple[int, int]]],
+    ) -> float:
+        """Register member `members[i]` of step `step` as adapter `lora_ids[i]`; returns seconds."""
+        t0 = time.perf_counter()
+        adapter_manager = self._eggroll_lora_manager()
+        if len(adapter_manager.list_adapters()) + len(members) > adapter_manager.capacity:
+            raise RuntimeError(
+                f"{len(members)} members do not fit in vLLM's LoRA cache "
+                f"(max_cpu_loras={adapter_manager.capacity}, "
+                f"{len(adapter_manager.list_adapters())} registered)"
+            )
+        cache: dict = {}
+        for member, lora_id in zip(members, lora_ids):
+            lora = self._eggroll_build(lora_id, seed, step, sigma, rank, member, targets, cache)
+            adapter_manager.add_adapter(lora)
+        return time.perf_counter() - t0
+
+    def eggroll_remove(self, lora_ids: list[int]) -> None:
+        adapter_manager = self._eggroll_lora_manager()
+        for lora_id in lora_ids:
+            adapter_manager.remove_adapter(lora_id)
+
+    def eggroll_list(self) -> list[int]:
+        return sorted(self._eggroll_lora_manager().list_adapters())
+
+    def eggroll_load_weights(self, items: list[tuple[str, str, tuple[int, ...], bytes]]) -> float:
+        """Replace base weights in place (checkpoint names, complete fused groups); seconds.
+
+        ``reload_weights`` re-runs vLLM's weight processing (the CPU backend repacks linear
+        weights for oneDNN) and drops every registered LoRA adapter.
+        """
+        t0 = time.perf_counter()
+        dtype = self.model_runner.model_config.dtype
+        self._eggroll_reload([(name, t.to(dtype)) for name, t in map(decode_tensor, items)])
+        return time.perf_counter() - t0
+
+    def eggroll_load_weights_shm(self, shm_name: str, meta: list[tuple[str, str, tuple[int, ...], int]]) -> float:
+        """Like eggroll_load_weights, reading the tensors from a shared-memory block.
+
+        `meta` holds (name, numpy dtype, shape, byte offset); the sender owns (and unlinks) the
+        block, the worker only copies out of it.
+        """
+        t0 = time.perf_counter()
+        dtype = self.model_runner.model_config.dtype
+        # Map the block read-only without multiprocessing.shared_memory: that would register it
+        # with a resource tracker this process may share with the sender, which unlinks it.
+        import mmap
+        import os
+
+        import _posixshmem
+
+        size = max((off + int(np.prod(shape)) * np.dtype(dt).itemsize for _, dt, shape, off in meta), default=0)
+        fd = _posixshmem.shm_open("/" + shm_name.lstrip("/"), os.O_RDONLY, mode=0o600)
+        try:
+            buf = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        finally:
+            os.close(fd)
+        weights = []
+        try:
+            for name, np_dtype, shape, offset in meta:
+                arr = np.frombuffer(buf, dtype=np.dtype(np_dtype), count=int(np.prod(shape)), offset=offset)
+                # Copy: the reload must own its data, the block is freed right after.
+                weights.append((name, torch.from_numpy(arr.reshape(tuple(shape)).copy()).to(dtype)))
+                del arr
+        finally:
+            if buf is not None:
+                buf.close()
+        self._eggroll_reload(weights)
+        return time.perf_counter() - t0
+
+    def _eggroll_reload(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        with _quiet(
+            "vllm.model_executor.model_loader.reload.inplace",
+            "vllm.model_executor.model_loader.reload.layerwise",
+        ):
+            self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
