@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +86,13 @@ def train(
         fail(f"interrupted; continue with: eggroll-rl train --resume {run_dir}", 130)
     except ConfigError as exc:
         fail(str(exc), 2)
+    except Exception as exc:  # an engine that died, a full disk, ...: keep the run resumable
+        if not run_dir.is_dir():
+            raise
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        first = (str(exc).strip().splitlines() or [""])[0]
+        fail(f"training stopped: {type(exc).__name__}: {first} (traceback in {run_dir / 'error.log'}); "
+             f"checkpoints are intact: continue with eggroll-rl train --resume {run_dir}", 1)
     console.print(f"done: final checkpoint [bold]{final}[/]")
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()] if (run_dir / "eval.jsonl").is_file() else []
     if len(evals) >= 2:

@@ -107,3 +107,26 @@ def test_recipes_lists_shipped_recipes():
     result = run_cli("recipes")
     assert result.exit_code == 0
     assert "tiny" in result.output and "Smoke test" in result.output
+
+
+def test_engine_failure_mid_run_is_one_line_and_resumable(tmp_path, monkeypatch):
+    from eggroll_rl.backends.torch_backend import TorchBackend
+
+    real_generate = TorchBackend.generate
+    calls = {"n": 0}
+
+    def dying_generate(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # eval at step 0, step 1 rollout, then the engine dies
+            raise RuntimeError("EngineDeadError: engine core process died\nmore detail")
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchBackend, "generate", dying_generate)
+    result = runner.invoke(app, ["train", TINY, DATA, "train.checkpoint_every=1", f"output_dir={tmp_path}"])
+    assert result.exit_code == 1
+    assert "training stopped: RuntimeError: EngineDeadError: engine core process died" in result.output
+    assert f"--resume {tmp_path / 'tiny'}" in result.output.replace("\n", "")
+    assert "Traceback" in (tmp_path / "tiny" / "error.log").read_text()
+    assert (tmp_path / "tiny" / "checkpoints" / "step_000001").is_dir()
+    monkeypatch.setattr(TorchBackend, "generate", real_generate)
+    assert runner.invoke(app, ["train", "--resume", str(tmp_path / "tiny")]).exit_code == 0

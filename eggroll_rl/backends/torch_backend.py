@@ -53,7 +53,7 @@ class TorchBackend(Backend):
             raise KeyError(f"model has no parameters named {missing[:3]}")
         self.targets = list(targets)
         modules = dict(self.model.named_modules())
-        # Per-row factors of the generation in flight: {target: (A_rows·s·σ/√r, B_rows)}.
+        # Per-row factors of the generation in flight: {target: ((A_rows·s·σ/√r)ᵀ, B_rows)}.
         self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         for name in self.targets:
             modules[name.removesuffix(".weight")].register_forward_hook(self._make_hook(name))
@@ -62,9 +62,8 @@ class TorchBackend(Backend):
         def hook(module, inputs, output):
             if self._rows is None:
                 return output
-            a, b = self._rows[name]  # (rows, out, r), (rows, in, r)
-            x = inputs[0]
-            return output + torch.bmm(torch.bmm(x, b), a.transpose(1, 2))
+            a_t, b = self._rows[name]  # (rows, r, out) with s·σ/√r folded in, (rows, in, r)
+            return torch.baddbmm(output, torch.bmm(inputs[0], b), a_t)  # one fused add
 
         return hook
 
@@ -77,7 +76,7 @@ class TorchBackend(Backend):
         for name in self.targets:
             a, b = noise.stacked_factors(pairs, name, tuple(self.params[name].shape))
             a = a.to(self.device, self.dtype).index_select(0, index) * signs.to(self.dtype)[:, None, None]
-            rows[name] = (a, b.to(self.device, self.dtype).index_select(0, index))
+            rows[name] = (a.transpose(1, 2).contiguous(), b.to(self.device, self.dtype).index_select(0, index))
         return rows
 
     @torch.no_grad()

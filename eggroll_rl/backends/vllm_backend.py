@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import GenerationConfig
+from ..config import ConfigError, GenerationConfig
 from ..noise import NoiseSpec
 from ..params import checkpoint_shapes, load_tensors
 from .base import Backend, Rollout
@@ -57,8 +57,8 @@ WORKER_EXTENSION = "eggroll_rl.backends.vllm_worker.EggrollWorkerExtension"
 _ADAPTER_COUNTER = itertools.count(1)
 
 
-class VLLMVersionError(RuntimeError):
-    """The installed vLLM is outside the verified range."""
+class VLLMVersionError(ConfigError):
+    """The installed vLLM is outside the verified range (the fix: install it, or backend=torch)."""
 
 
 def _parse_version(version: str) -> tuple[int, int]:
