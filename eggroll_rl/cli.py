@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -21,6 +22,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def quiet_libraries() -> None:
+    """Our progress bar and tables are the output; keep library chatter to warnings."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -72,14 +83,9 @@ def train(
     except ConfigError as exc:
         fail(str(exc), 2)
 
-    from transformers.utils import logging as hf_logging
-
     from .train import train as run_training
 
-    import datasets
-
-    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
-    datasets.disable_progress_bars()
+    quiet_libraries()
     try:
         final = run_training(cfg, run_dir, resume=resume is not None, console=console)
     except KeyboardInterrupt:
@@ -155,13 +161,9 @@ def eval_(
     except ConfigError as exc:
         fail(str(exc), 2)
 
-    import datasets
-    from transformers.utils import logging as hf_logging
-
     from .evaluation import evaluate_model
 
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_libraries()
     results = []
     try:
         for spec in [model] + ([compare] if compare else []):

@@ -150,7 +150,8 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
                     "grad_norm": stats.grad_norm,
                     "new_tokens": rollout.new_tokens,
                     "tokens_per_s": rollout.new_tokens / max(rollout.seconds, 1e-9),
-                    "time/generate": rollout.seconds,
+                    "time/generate": rollout.seconds,  # includes time/population_setup
+                    "time/population_setup": rollout.setup_seconds,  # factors / LoRA adapters
                     "time/reward": t_update - t_reward,
                     "time/update": t_push - t_update,
                     "time/push": t_end - t_push,

@@ -23,7 +23,8 @@ class Rollout:
 
     texts: list[list[list[str]]]
     new_tokens: int  # generated tokens, all rows together
-    seconds: float
+    seconds: float  # the whole call
+    setup_seconds: float = 0.0  # of which: preparing the population (factors, adapters)
 
 
 class Backend(ABC):

@@ -95,11 +95,14 @@ class TorchBackend(Backend):
         chunk = gen.max_batch_rows or len(rows)
         texts: list[str] = []
         new_tokens = 0
+        setup = 0.0
         torch.manual_seed(seed)
         for lo in range(0, len(rows), chunk):
             part = rows[lo : lo + chunk]
             if noise is not None:
+                t = time.perf_counter()
                 self._rows = self._row_factors(noise, [m for m, _ in part])
+                setup += time.perf_counter() - t
             try:
                 out_texts, n = self._generate_rows([prompt_ids[p] for _, p in part], gen)
             finally:
@@ -111,7 +114,7 @@ class TorchBackend(Backend):
              for p in range(len(prompt_ids))]
             for mi in range(len(member_list))
         ]
-        return Rollout(texts=nested, new_tokens=new_tokens, seconds=time.perf_counter() - start)
+        return Rollout(texts=nested, new_tokens=new_tokens, seconds=time.perf_counter() - start, setup_seconds=setup)
 
     def _generate_rows(self, prompts: list[list[int]], gen: GenerationConfig) -> tuple[list[str], int]:
         tok = self.tokenizer

@@ -405,7 +405,10 @@ class VLLMBackend(Backend):
             token_ids.append(per_prompt_ids)
         # Generated token ids of the last call, indexed like texts (for tests and debugging).
         self.last_token_ids = token_ids
-        return Rollout(texts=texts, new_tokens=new_tokens, seconds=time.perf_counter() - t0)
+        return Rollout(
+            texts=texts, new_tokens=new_tokens, seconds=time.perf_counter() - t0,
+            setup_seconds=self.last_adapter_seconds if noise is not None else 0.0,
+        )
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         unknown = [n for n in weights if n not in self.shapes]
