@@ -250,6 +250,10 @@ class VLLMBackend(Backend):
             worker_extension_cls=WORKER_EXTENSION,
             enable_prefix_caching=True,
         )
+        if not torch.cuda.is_available():
+            # vLLM 0.32 on CPU crashes the engine ("CPU Generator does not use offset") when a
+            # seeded (sampling) request's prefill is split across steps; never split prefills.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(options)
         self.engine_kwargs = kwargs
         self._set_env(kwargs)
