@@ -130,3 +130,19 @@ def test_engine_failure_mid_run_is_one_line_and_resumable(tmp_path, monkeypatch)
     assert (tmp_path / "tiny" / "checkpoints" / "step_000001").is_dir()
     monkeypatch.setattr(TorchBackend, "generate", real_generate)
     assert runner.invoke(app, ["train", "--resume", str(tmp_path / "tiny")]).exit_code == 0
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_train_tiny_recipe_on_vllm(tmp_path):
+    """The tiny recipe samples (temperature 1) with seeded requests: this crashed vLLM's CPU
+    engine while prefills were chunked. It must run end to end and move the weights."""
+    pytest.importorskip("vllm")
+    result = runner.invoke(app, ["train", TINY, DATA, "backend=vllm", f"output_dir={tmp_path}"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = read_jsonl(tmp_path / "tiny" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["new_tokens"] > 0 for m in metrics)
+    assert all(m["time/population_setup"] > 0 for m in metrics)
+    base = load_tensors(resolve_model("tiny-random"))
+    trained = load_file(str(tmp_path / "tiny" / "checkpoints" / "step_000003" / "model.safetensors"))
+    assert any(not torch.equal(base[n], trained[n]) for n in base)
