@@ -44,7 +44,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     questions = [f"What is {a} + {b}? Answer with a number." for a, b in [(12, 7), (31, 45), (8, 9), (120, 33), (5, 66), (14, 14), (70, 2), (9, 99)]]
     prompts = [prompt_ids(tokenizer, q, DataConfig()) for q in questions[: args.prompts]]
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    # Every row generates exactly max_new_tokens, so both sides do the same work.
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True)
     noise = NoiseSpec(seed=0, step=0, sigma=1e-3, rank=args.rank)
 
     backend = make_backend(cfg, model_dir, targets)

@@ -64,6 +64,8 @@ class GenerationConfig:
     # Completions per (member, prompt). >1 needs temperature > 0.
     samples_per_prompt: int = 1
     stop: list[str] = field(default_factory=list)
+    # Always generate max_new_tokens (benchmarks: the same work for every row).
+    ignore_eos: bool = False
     # Rows per forward batch in the PyTorch backend (caps memory); 0 = all rows at once.
     max_batch_rows: int = 0
 

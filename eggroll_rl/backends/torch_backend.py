@@ -135,9 +135,11 @@ class TorchBackend(Backend):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if gen.stop:
             kwargs.update(stop_strings=list(gen.stop), tokenizer=tok)
+        if gen.ignore_eos:
+            kwargs.update(min_new_tokens=gen.max_new_tokens)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, width:]
         eos = kwargs["eos_token_id"]
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        eos_ids = set() if gen.ignore_eos else set(eos if isinstance(eos, list) else [eos])
         texts, total = [], 0
         for row in out.tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))

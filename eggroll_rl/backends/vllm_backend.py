@@ -332,6 +332,7 @@ class VLLMBackend(Backend):
             seed=None if greedy else seed,
             skip_special_tokens=True,
             include_stop_str_in_output=False,
+            ignore_eos=gen.ignore_eos,
         )
 
     @staticmethod
