@@ -25,7 +25,6 @@ scale Adam normalizes away, so the lr is the same number in both.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -203,8 +202,3 @@ class EggrollES:
             name, slot = key.rsplit("::", 1)
             self.state.setdefault(name, {})[slot] = t.clone()
         self.updates_applied = updates_applied
-
-
-def member_pairs(members: Iterable[int]) -> list[int]:
-    """The distinct pair indices a set of members needs factors for."""
-    return sorted({m // 2 for m in members})

@@ -96,6 +96,7 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
         master = {name: saved_master[name] for name in targets}
         es.load_state_tensors(optimizer_state, state["updates_applied"])
         start = state["step"]
+    if resume:  # drop what was logged after the checkpoint we continue from
         for log in ("metrics.jsonl", "fitness.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_jsonl(run_dir / log, start)
 
