@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -338,8 +339,8 @@ def validate(cfg: RecipeConfig) -> None:
     need(bool(es.targets), "es.targets: empty; give at least one regular expression on parameter names")
     for pattern in es.targets:
         try:
-            __import__("re").compile(pattern)
-        except Exception as exc:
+            re.compile(pattern)
+        except re.error as exc:
             raise ConfigError(f"es.targets: '{pattern}' is not a valid regular expression ({exc})")
     need(gen.max_new_tokens >= 1, f"generation.max_new_tokens: got {gen.max_new_tokens}; expected an integer >= 1")
     need(gen.temperature >= 0, f"generation.temperature: got {gen.temperature}; expected a number >= 0 (0 = greedy)")
