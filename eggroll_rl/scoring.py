@@ -25,9 +25,10 @@ def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], rewa
     row_of = [rows[p] for _ in range(members) for p in range(prompts) for _ in range(samples)]
     total, per_reward = reward_fn(flat, **columns(row_of))
     shape = (members, prompts, samples)
-    as_tensor = lambda values: torch.tensor(  # noqa: E731
-        [float("nan") if v is None else float(v) for v in values], dtype=torch.float64
-    ).reshape(shape)
+
+    def as_tensor(values: list[float | None]) -> torch.Tensor:
+        return torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float64).reshape(shape)
+
     return Scores(
         total=as_tensor(total),
         per_reward={name: as_tensor(values) for name, values in per_reward.items()},
