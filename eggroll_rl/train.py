@@ -88,7 +88,6 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
         console.print(f"run directory: [bold]{run_dir}[/]  model: {model_dir}  targets: {len(targets)} matrices")
 
     # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
-    master = load_tensors(model_dir, targets, dtype=torch.float32)
     es = EggrollES(es_cfg, seed=cfg.seed, total_steps=steps)
     start = 0
     if resume and (done := list_checkpoints(run_dir)):
@@ -96,6 +95,8 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
         master = {name: saved_master[name] for name in targets}
         es.load_state_tensors(optimizer_state, state["updates_applied"])
         start = state["step"]
+    else:
+        master = load_tensors(model_dir, targets, dtype=torch.float32)
     if resume:  # drop what was logged after the checkpoint we continue from
         for log in ("metrics.jsonl", "fitness.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_jsonl(run_dir / log, start)
