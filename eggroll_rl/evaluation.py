@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from .config import GenerationConfig
 from .metrics import majority_vote, mean_ci, pass_at_k
-from .scoring import Scores, score_rollout
+from .scoring import Scores, recipe_reward, score_rollout
 
 
 @dataclass
@@ -104,15 +104,13 @@ def evaluate_model(cfg, model_spec: str, seed: int = 0) -> EvalResult:
     held-out rows with the recipe's prompt format, generation settings and rewards."""
     from transformers import AutoTokenizer
 
-    from rewards import combine_rewards
-
     from .backends import make_backend
     from .data import load_rows, prompt_ids
     from .models import resolve_model
     from .params import checkpoint_shapes, select_targets
 
     _, rows = load_rows(cfg.data)
-    reward_fn = combine_rewards([(r.name, r.weight) for r in cfg.rewards])
+    reward_fn = recipe_reward(cfg.rewards)
     model_dir = resolve_model(model_spec)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]

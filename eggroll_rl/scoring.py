@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .config import ConfigError
 from .data import columns
 
 
@@ -34,3 +35,13 @@ def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], rewa
         per_reward={name: as_tensor(values) for name, values in per_reward.items()},
         completions=flat,
     )
+
+
+def recipe_reward(reward_specs):
+    """The recipe's rewards combined by weight; a bad name is a one-line recipe error."""
+    from rewards import combine_rewards
+
+    try:
+        return combine_rewards([(r.name, r.weight) for r in reward_specs])
+    except ValueError as exc:
+        raise ConfigError(f"rewards: {exc}") from None

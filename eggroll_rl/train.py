@@ -45,7 +45,7 @@ from .evaluation import evaluate
 from .models import resolve_model
 from .params import checkpoint_shapes, load_tensors, select_targets
 from .progress import TrainProgress
-from .scoring import score_rollout
+from .scoring import recipe_reward, score_rollout
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -67,17 +67,12 @@ def truncate_jsonl(path: Path, before_step: int) -> None:
 
 def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) -> Path:
     """Run (or continue) the recipe `cfg` in `run_dir`; return the final checkpoint folder."""
-    from rewards import combine_rewards
-
     es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
 
     # Data, rewards, model: everything that can fail on bad input fails here, before the run
     # directory is written and before the engine starts.
     train_rows, eval_rows = load_rows(cfg.data)
-    try:
-        reward_fn = combine_rewards([(r.name, r.weight) for r in cfg.rewards])
-    except ValueError as exc:
-        raise ConfigError(f"rewards: {exc}") from None
+    reward_fn = recipe_reward(cfg.rewards)
     model_dir = resolve_model(cfg.model)
     targets = select_targets(checkpoint_shapes(model_dir), es_cfg.targets)
     if not targets:
