@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 import traceback
@@ -11,47 +9,28 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict
 from .export_cli import export
+from .recipes import shipped
+from .run_dir import EVALS, RunDir
+from .terminal import console, fail, quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LLMs for reasoning with EGGROLL evolution strategies.")
-console = Console()
-err_console = Console(stderr=True)
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def quiet_libraries() -> None:
-    """Our progress bar and tables are the output; keep library chatter to warnings."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
-def fail(message: str, code: int = 1) -> None:
-    """One line naming the problem and the fix, then a non-zero exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def recipe_path(spec: str) -> Path:
-    """A recipe file, or the name of a shipped one (`gsm8k` -> recipes/gsm8k.yaml)."""
+    """A recipe file, or the name of a shipped one (`quickstart`, from any directory)."""
     path = Path(spec)
     if path.is_file() or path.suffix in (".yaml", ".yml"):
         return path
-    shipped = RECIPES_DIR / f"{spec}.yaml"
-    return shipped if shipped.is_file() else path
+    return shipped().get(spec, path)
 
 
-def run_dir_for(cfg: RecipeConfig, recipe: Path | None) -> Path:
+def run_dir_for(cfg: RecipeConfig, recipe: Path | None) -> RunDir:
     name = cfg.run_name or f"{recipe.stem if recipe else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(cfg.output_dir) / name
+    return RunDir(Path(cfg.output_dir) / name)
 
 
 @app.command()
@@ -67,19 +46,18 @@ def train(
         recipe = None
     try:
         if resume is not None:
-            saved = resume / "config.yaml"
-            if not saved.is_file():
+            run = RunDir(resume)
+            if not RunDir.holds_run(resume):
                 fail(f"--resume {resume}: no config.yaml there; give a run directory written by `eggroll-rl train`", 2)
-            cfg = load_config(saved, overrides)
-            run_dir = resume
+            cfg = run.load_config(overrides)
         else:
             if recipe is None:
                 fail("missing RECIPE; e.g. `eggroll-rl train recipes/tiny.yaml` (list them: `eggroll-rl recipes`)", 2)
             path = recipe_path(recipe)
             cfg = load_config(path, overrides)
-            run_dir = run_dir_for(cfg, path)
-            if run_dir.exists() and any(run_dir.iterdir()):
-                fail(f"run directory {run_dir} already exists; continue it with --resume {run_dir} or pick another run_name=", 2)
+            run = run_dir_for(cfg, path)
+            if run.path.exists() and any(run.path.iterdir()):
+                fail(f"run directory {run} already exists; continue it with --resume {run} or pick another run_name=", 2)
     except ConfigError as exc:
         fail(str(exc), 2)
 
@@ -87,20 +65,20 @@ def train(
 
     quiet_libraries()
     try:
-        final = run_training(cfg, run_dir, resume=resume is not None, console=console)
+        final = run_training(cfg, run, resume=resume is not None, console=console)
     except KeyboardInterrupt:
-        fail(f"interrupted; continue with: eggroll-rl train --resume {run_dir}", 130)
+        fail(f"interrupted; continue with: eggroll-rl train --resume {run}", 130)
     except ConfigError as exc:
         fail(str(exc), 2)
     except Exception as exc:  # an engine that died, a full disk, ...: keep the run resumable
-        if not run_dir.is_dir():
+        if not run.path.is_dir():
             raise
-        (run_dir / "error.log").write_text(traceback.format_exc())
+        log = run.write_error(traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
-        fail(f"training stopped: {type(exc).__name__}: {first} (traceback in {run_dir / 'error.log'}); "
-             f"checkpoints are intact: continue with eggroll-rl train --resume {run_dir}", 1)
+        fail(f"training stopped: {type(exc).__name__}: {first} (traceback in {log}); "
+             f"checkpoints are intact: continue with eggroll-rl train --resume {run}", 1)
     console.print(f"done: final checkpoint [bold]{final}[/]")
-    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()] if (run_dir / "eval.jsonl").is_file() else []
+    evals = run.read(EVALS)
     if len(evals) >= 2:
         before, after = evals[0], evals[-1]
         table = results_table(
@@ -152,10 +130,9 @@ def eval_(
         overrides += [f"generation.samples_per_prompt={samples}", f"generation.temperature={temperature}"]
     try:
         if recipe is None:
-            saved = Path(model) / "config.yaml"
-            if not saved.is_file():
-                fail(f"missing RECIPE: {model} is not a run directory with a config.yaml; e.g. `eggroll-rl eval {model} recipes/quickstart.yaml`", 2)
-            cfg = load_config(saved, overrides)
+            if not RunDir.holds_run(model):
+                fail(f"missing RECIPE: {model} is not a run directory with a config.yaml; e.g. `eggroll-rl eval {model} quickstart`", 2)
+            cfg = RunDir(model).load_config(overrides)
         else:
             cfg = load_config(recipe_path(recipe), overrides)
     except ConfigError as exc:
@@ -188,9 +165,9 @@ def eval_(
 def recipes() -> None:
     """List the shipped recipes with a one-line description each."""
     table = Table("recipe", "description", "model")
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+    for name, path in shipped().items():
         data = load_recipe_dict(path)
-        table.add_row(path.stem, str(data.get("description", "")), str(data.get("model", "")))
+        table.add_row(name, str(data.get("description", "")), str(data.get("model", "")))
     console.print(table)
 
 

@@ -294,9 +294,28 @@ def from_dict(data: dict[str, Any]) -> RecipeConfig:
     return cfg
 
 
+# Recipe keys that may name a local file.
+_FILE_KEYS = ("path", "eval_split")
+
+
+def _files_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A data file named relatively in a recipe file is relative to the recipe's folder (so a
+    recipe and its data move together); saved absolute, so a run resumes from anywhere. A name
+    that is no file there keeps its meaning: a hub id, or a path relative to the current folder."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return data
+    section = dict(section)
+    for key in _FILE_KEYS:
+        value = section.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).is_file():
+            section[key] = str((folder / value).resolve())
+    return {**data, "data": section}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
     """Recipe file (optional) merged with ``key=value`` overrides, validated."""
-    data = load_recipe_dict(path) if path is not None else {}
+    data = _files_relative_to(load_recipe_dict(path), Path(path).resolve().parent) if path is not None else {}
     return from_dict(_merge(data, parse_overrides(overrides or [])))
 
 

@@ -11,14 +11,36 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import ConfigError, DataConfig
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TASK_PREFIX = "reasoning_gym:"
 MBPP_PREFIX = "mbpp:"  # mbpp:<local MBPP-format .jsonl>
+HUMANEVAL = "humaneval"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What `data.path` names, parsed once: the loaders and the model card both read this."""
+
+    kind: Literal["task", "humaneval", "mbpp", "local", "hub"]
+    name: str  # task name, file path, or hub dataset id ("humaneval" for HumanEval)
+
+
+def parse_source(path: str) -> DataSource:
+    if path.startswith(TASK_PREFIX):
+        return DataSource("task", path[len(TASK_PREFIX):])
+    if path == HUMANEVAL:
+        return DataSource("humaneval", path)
+    if path.startswith(MBPP_PREFIX):
+        return DataSource("mbpp", path[len(MBPP_PREFIX):])
+    if Path(path).suffix in LOCAL_FORMATS:
+        return DataSource("local", path)
+    return DataSource("hub", path)
 
 
 def _load_split(cfg: DataConfig, split: str, key: str = "data.path") -> list[dict[str, Any]]:
@@ -53,18 +75,19 @@ def _normalize(rows: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, An
 
 def load_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, held-out eval rows), deterministic, disjoint."""
-    if cfg.path.startswith(TASK_PREFIX):
+    source = parse_source(cfg.path)
+    if source.kind == "task":
         from .tasks import load_task
 
-        return load_task(cfg.path[len(TASK_PREFIX):], cfg.task_options, cfg.train_size, cfg.eval_size, cfg.shuffle_seed)
-    if cfg.path == "humaneval":
+        return load_task(source.name, cfg.task_options, cfg.train_size, cfg.eval_size, cfg.shuffle_seed)
+    if source.kind == "humaneval":
         from .code_tasks import load_humaneval
 
         rows = load_humaneval()
-    elif cfg.path.startswith(MBPP_PREFIX):
+    elif source.kind == "mbpp":
         from .code_tasks import load_mbpp
 
-        rows = load_mbpp(cfg.path[len(MBPP_PREFIX):])
+        rows = load_mbpp(source.name)
     else:
         rows = _normalize(_load_split(cfg, cfg.split), cfg)
     random.Random(cfg.shuffle_seed).shuffle(rows)

@@ -13,9 +13,15 @@ import json
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .config import GenerationConfig
+from transformers import AutoTokenizer
+
+from .backends import Backend, make_backend
+from .config import GenerationConfig, RecipeConfig
+from .data import prompt_ids
 from .metrics import majority_vote, mean_ci, pass_at_k
-from .scoring import Scores, recipe_reward, score_rollout
+from .prepare import prepare
+from .rewards import CombinedReward, extract_final_answer
+from .scoring import Scores, score_rollout
 
 
 @dataclass
@@ -54,8 +60,6 @@ class EvalResult:
 
     def majority_accuracy(self) -> float:
         """maj@k: grade the completion carrying each prompt's most common final answer."""
-        from rewards import extract_final_answer
-
         texts = self.scores.completions
         samples = len(self.correct[0])
         hits = []
@@ -84,7 +88,8 @@ def _plain(value) -> float | None:
     return None if value != value else value
 
 
-def evaluate(backend, prompts: list[list[int]], rows, gen: GenerationConfig, reward_fn, seed: int = 0) -> EvalResult:
+def evaluate(backend: Backend, prompts: list[list[int]], rows: list[dict[str, Any]], gen: GenerationConfig,
+             reward_fn: CombinedReward, seed: int = 0) -> EvalResult:
     """Score the engine's current base weights on `rows`: greedy when `gen.samples_per_prompt`
     is 1 (training's sampling temperature is not used for evals), else k seeded samples."""
     if gen.samples_per_prompt == 1:
@@ -99,21 +104,11 @@ def evaluate(backend, prompts: list[list[int]], rows, gen: GenerationConfig, rew
     )
 
 
-def evaluate_model(cfg, model_spec: str, seed: int = 0) -> EvalResult:
+def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0) -> EvalResult:
     """Load `model_spec` (alias, folder, hub id, run or checkpoint) and score it on the recipe's
     held-out rows with the recipe's prompt format, generation settings and rewards."""
-    from transformers import AutoTokenizer
-
-    from .backends import make_backend
-    from .data import load_rows, prompt_ids
-    from .models import resolve_model
-    from .params import checkpoint_shapes, select_targets
-
-    _, rows = load_rows(cfg.data)
-    reward_fn = recipe_reward(cfg.rewards)
-    model_dir = resolve_model(model_spec)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
-    targets = select_targets(checkpoint_shapes(model_dir), cfg.es.targets)
-    with make_backend(cfg, model_dir, targets) as backend:
-        return evaluate(backend, prompts, rows, cfg.generation, reward_fn, seed=seed)
+    inputs = prepare(cfg, model_spec)
+    tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
+    prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
+    with make_backend(cfg, inputs.model_dir, inputs.targets) as backend:
+        return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, seed=seed)

@@ -1,7 +1,7 @@
 """`eggroll-rl export`: a run -> a Hugging Face model folder (+ model card), optionally pushed to the Hub.
 
-Registered in cli.py as ``app.command()(export)``. Heavy imports (torch, transformers,
-huggingface_hub) happen inside the command, after the arguments are checked.
+Registered in cli.py as ``app.command()(export)``. The export itself (export.py: torch,
+transformers) is imported inside the command, after the arguments are checked.
 
 Exit codes: 0 done; 2 a problem with the arguments or the run (no such step, --out not empty, bad
 repo id, no fitness log); 1 the push failed (no token, network, HTTP error: the local export, when
@@ -14,23 +14,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-console = Console(soft_wrap=True, highlight=False)  # whole lines: paths stay copy-pasteable
-err_console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    """One line naming the problem and the fix, then a non-zero exit (as cli.fail)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
+from .config import ConfigError
+from .hub import TOKEN_HELP, HubError, check_repo_id, find_token, hub_endpoint, offline_mode, push_folder
+from .model_card import human_bytes
+from .terminal import console, fail
 
 
 def export(
@@ -45,39 +33,35 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
 ) -> None:
     """Export a run as a Hugging Face model folder (weights, tokenizer, model card, plot); optionally push it."""
-    from .hub import TOKEN_HELP, check_repo_id, find_token, hub_endpoint, offline_mode
-
     if (private or revision is not None) and not push_to_hub:
-        _fail("--private and --revision apply to an upload; add --push-to-hub ORG/NAME", 2)
+        fail("--private and --revision apply to an upload; add --push-to-hub ORG/NAME", 2)
     if push_to_hub:
         problem = check_repo_id(push_to_hub)
         if problem:
-            _fail(problem, 2)
+            fail(problem, 2)
     if revision is not None and (not revision.strip() or revision != revision.strip() or " " in revision):
-        _fail(f"--revision: '{revision}' is not a branch name", 2)
+        fail(f"--revision: '{revision}' is not a branch name", 2)
     if step is not None and step < 0:
-        _fail(f"--step: got {step}; expected a step >= 0", 2)
+        fail(f"--step: got {step}; expected a step >= 0", 2)
 
     token, token_source = None, ""
     if push_to_hub and not dry_run:
         if offline_mode():
-            _fail("HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0) to push; nothing was exported", 1)
+            fail("HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0) to push; nothing was exported", 1)
         token, token_source = find_token()
         if not token:
-            _fail(f"--push-to-hub needs a Hugging Face token: {TOKEN_HELP}; nothing was exported", 1)
+            fail(f"--push-to-hub needs a Hugging Face token: {TOKEN_HELP}; nothing was exported", 1)
 
-    from .config import ConfigError
-    from .export import MANIFEST, ExportError, export_run
-    from .model_card import human_bytes
+    from .export import MANIFEST, ExportError, export_run  # torch, transformers: after the checks above
     from .replay import ReplayError
 
     try:
         result = export_run(run_dir, out=out, step=step, replay=replay, force=force, repo_id=push_to_hub,
                             dry_run=dry_run, reuse=bool(push_to_hub))
     except (ExportError, ReplayError, ConfigError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", 130)
+        fail("interrupted; nothing was written", 130)
 
     # What was exported
     where = "checkpoint" if result.source == "checkpoint" else "fitness log"
@@ -125,15 +109,13 @@ def export(
 
     if not push_to_hub:
         return
-    from .hub import HubError, push_folder
-
     try:
         pushed = push_folder(result.out, push_to_hub, token=token, private=private, revision=revision,
                              ignore_patterns=[MANIFEST])
     except HubError as exc:
-        _fail(f"{exc}; the export at {result.out} is complete: rerun this command to retry the upload", 1)
+        fail(f"{exc}; the export at {result.out} is complete: rerun this command to retry the upload", 1)
     except KeyboardInterrupt:
-        _fail(f"interrupted during the upload; the export at {result.out} is complete: rerun this command to retry", 130)
+        fail(f"interrupted during the upload; the export at {result.out} is complete: rerun this command to retry", 130)
     console.print(f"pushed {len(result.files)} files ({human_bytes(result.total_bytes)}) to [bold]{pushed.repo_url}[/] "
                   f"(token from {token_source})", highlight=False)
     if pushed.commit_url:

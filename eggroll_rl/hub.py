@@ -38,9 +38,16 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
+def is_repo_id(spec: str) -> bool:
+    """True if `spec` has the form of a Hub repo id ORG/NAME (the one test the project uses:
+    a model spec, a model card's base model, a push target)."""
+    spec = spec or ""
+    return bool(REPO_ID.fullmatch(spec)) and "--" not in spec and ".." not in spec and not spec.endswith((".", "-"))
+
+
 def check_repo_id(repo_id: str) -> str | None:
-    """None if `repo_id` is a valid ORG/NAME, else a one-line problem."""
-    if not REPO_ID.fullmatch(repo_id or "") or "--" in repo_id or ".." in repo_id or repo_id.endswith((".", "-")):
+    """None if `repo_id` is a valid ORG/NAME to push to, else a one-line problem."""
+    if not is_repo_id(repo_id):
         return f"--push-to-hub: '{repo_id}' is not a repo id of the form ORG/NAME (letters, digits, - _ .)"
     if len(repo_id.split("/")[1]) > 96:
         return f"--push-to-hub: repo name '{repo_id.split('/')[1]}' is longer than 96 characters"

@@ -1,9 +1,11 @@
 """The model card (README.md with Hub metadata) and training-curve plot of an exported run.
 
 Everything here is read from the run directory (config.yaml, metrics.jsonl, eval.jsonl,
-fitness.jsonl) and the base model folder; nothing is invented. The licence is inherited from the
-base model: its README metadata when the folder has one, else the licence our alias conversion
-recorded (eggroll_source.json), else a small table of known model families, else 'other'.
+fitness.jsonl) and the base model folder; nothing is invented. The card's text is the template
+templates/model_card.md, which huggingface_hub's ModelCard fills: this module turns the run into
+the template's plain values. The licence is inherited from the base model: its README metadata
+when the folder has one, else the licence our alias conversion recorded (eggroll_source.json),
+else a small table of known model families, else 'other'.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard import metadata_load
+
+from .config import RecipeConfig
+from .data import parse_source
+from .hub import is_repo_id
+from .models import alias_hub_id
 
 PLOT_FILE = "training_curves.png"
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 BASE_TAGS = ["eggroll", "evolution-strategies", "eggroll-rl", "low-rank-perturbations"]
-
-# Aliases of models.py -> the Hub id of the model they are built from.
-ALIAS_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Well-known data sets: the first one named in a local file's path or a Hub dataset id becomes a
+# tag, so that the Hub lists the model with them.
+DATASET_TAGS = ("gsm8k", "math", "countdown", "humaneval", "mbpp", "arc")
 
 # Licences of well-known families, matched (first hit wins) against the base model's Hub id,
 # alias and folder name, lower-cased. Exceptions precede their family.
@@ -46,9 +56,9 @@ KNOWN_LICENSES: list[tuple[str, str]] = [
 
 @dataclass
 class CardInputs:
-    """What the card is made of; `card_inputs` fills it from a run directory."""
+    """What the card is made of; export.py fills it from a run directory."""
 
-    cfg: Any  # RecipeConfig
+    cfg: RecipeConfig
     step: int  # updates in the exported weights
     total_steps: int  # steps the run has logged
     base_model_dir: Path
@@ -63,20 +73,17 @@ class CardInputs:
     weights_dtype: str = ""
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """How the card names the recipe's data."""
+
+    display: str  # markdown for the card's text
+    hub_id: str | None  # the Hub dataset, for the metadata's `datasets`
+    tags: list[str]
+
+
 # ----------------------------------------------------------------------------------------
 # Base model identity and licence
-
-
-def front_matter(readme: str) -> dict:
-    """The YAML metadata block at the top of a README ({} when there is none or it is invalid)."""
-    m = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", readme, re.S)
-    if not m:
-        return {}
-    try:
-        data = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def hub_id_from_path(path: Path) -> str | None:
@@ -88,15 +95,13 @@ def hub_id_from_path(path: Path) -> str | None:
     return None
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def base_model_id(model_spec: str, base_model_dir: Path) -> str | None:
     """The Hub id of the base model, when it has one (None for local and random models)."""
     spec = str(model_spec).strip()
-    if spec.lower() in ALIAS_HUB_IDS:
-        return ALIAS_HUB_IDS[spec.lower()]
-    if _HUB_ID.fullmatch(spec) and not Path(spec).expanduser().exists():
+    alias_id = alias_hub_id(spec)
+    if alias_id:
+        return alias_id
+    if is_repo_id(spec) and not Path(spec).expanduser().exists():
         return spec
     return hub_id_from_path(base_model_dir)
 
@@ -104,15 +109,16 @@ def base_model_id(model_spec: str, base_model_dir: Path) -> str | None:
 def resolve_license(base_model_dir: Path, names: list[str]) -> tuple[str, str, dict]:
     """(licence id, where it came from, extra metadata such as license_name/license_link)."""
     base_model_dir = Path(base_model_dir)
-    readme = base_model_dir / "README.md"
-    if readme.is_file():
-        meta = front_matter(readme.read_text(errors="replace"))
-        lic = meta.get("license")
-        if isinstance(lic, list):
-            lic = lic[0] if lic else None
-        if isinstance(lic, str) and lic.strip():
-            extra = {k: meta[k] for k in ("license_name", "license_link") if isinstance(meta.get(k), str)}
-            return lic.strip(), "the base model's README metadata", extra
+    try:
+        meta = metadata_load(base_model_dir / "README.md") or {}
+    except (OSError, ValueError, yaml.YAMLError):  # no README, bad UTF-8, a block that is no mapping
+        meta = {}
+    lic = meta.get("license")
+    if isinstance(lic, list):
+        lic = lic[0] if lic else None
+    if isinstance(lic, str) and lic.strip():
+        extra = {k: meta[k] for k in ("license_name", "license_link") if isinstance(meta.get(k), str)}
+        return lic.strip(), "the base model's README metadata", extra
     source = base_model_dir / "eggroll_source.json"
     if source.is_file():
         try:
@@ -137,15 +143,17 @@ def resolve_license(base_model_dir: Path, names: list[str]) -> tuple[str, str, d
 
 def plot_training_curves(metrics: list[dict], evals: list[dict], path: Path, step: int | None = None) -> Path:
     """Train reward (per step) and eval accuracy / reward (per eval) as a PNG, Agg backend."""
+    # Imported here: matplotlib takes ~0.4 s to import, and only an export draws (the card's text needs none).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7.5, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True)
 
-    steps = [m["step"] for m in metrics if isinstance(m.get("reward_mean"), (int, float))]
-    rewards = [m["reward_mean"] for m in metrics if isinstance(m.get("reward_mean"), (int, float))]
+    steps = [m["step"] for m in metrics if _is_number(m.get("reward_mean"))]
+    rewards = [m["reward_mean"] for m in metrics if _is_number(m.get("reward_mean"))]
     if steps:
         top.plot(steps, rewards, color="tab:blue", lw=1, alpha=0.5 if len(steps) > 20 else 1.0,
                  marker="o" if len(steps) <= 20 else None, ms=3, label="population mean reward")
@@ -156,28 +164,24 @@ def plot_training_curves(metrics: list[dict], evals: list[dict], path: Path, ste
         top.legend(loc="best", fontsize=8)
     else:
         top.text(0.5, 0.5, "no training metrics", ha="center", va="center", transform=top.transAxes)
-    top.set_ylabel("train reward")
-    top.set_title("EGGROLL training")
+    top.set(ylabel="train reward", title="EGGROLL training")
     top.grid(alpha=0.3)
 
-    ev = [e for e in evals if isinstance(e.get("accuracy"), (int, float))]
+    ev = [e for e in evals if _is_number(e.get("accuracy"))]
     if ev:
         xs = [e["step"] for e in ev]
         acc = [e["accuracy"] for e in ev]
         bottom.plot(xs, acc, color="tab:green", marker="o", label="eval accuracy")
-        if all(isinstance(e.get("ci_low"), (int, float)) and isinstance(e.get("ci_high"), (int, float)) for e in ev):
+        if all(_is_number(e.get("ci_low")) and _is_number(e.get("ci_high")) for e in ev):
             bottom.fill_between(xs, [e["ci_low"] for e in ev], [e["ci_high"] for e in ev], color="tab:green", alpha=0.15, label="95% CI")
-        er = [(e["step"], e["reward_mean"]) for e in ev if isinstance(e.get("reward_mean"), (int, float))]
+        er = [(e["step"], e["reward_mean"]) for e in ev if _is_number(e.get("reward_mean"))]
         if er:
             bottom.plot([s for s, _ in er], [r for _, r in er], color="tab:orange", marker="s", ls="--", label="eval mean reward")
         bottom.legend(loc="best", fontsize=8)
     else:
         bottom.text(0.5, 0.5, "no evaluations in this run", ha="center", va="center", transform=bottom.transAxes)
-    bottom.set_ylabel("held-out eval")
-    bottom.set_xlabel("step (updates)")
+    bottom.set(ylabel="held-out eval", xlabel="step (updates)")
     bottom.grid(alpha=0.3)
-    from matplotlib.ticker import MaxNLocator
-
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     last = max([*steps, *(e["step"] for e in ev)], default=None)
     if step is not None and last is not None and step < last:  # an earlier step than the run's last
@@ -194,28 +198,24 @@ def plot_training_curves(metrics: list[dict], evals: list[dict], path: Path, ste
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} TB"  # unreachable
+    return f"{n:.1f} TB"
 
 
 def human_seconds(s: float) -> str:
     s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if isinstance(v, bool) or v is None:
-        return "—" if v is None else str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.{digits}f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not math.isnan(v):
+        return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)  # ints, bools, nan
 
 
 def _cell(v: Any) -> str:
@@ -223,26 +223,25 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-def dataset_info(cfg) -> tuple[str, str | None, list[str]]:
-    """(display name, Hub dataset id or None, extra tags) of the recipe's data."""
-    path = str(cfg.data.path)
-    tags: list[str] = []
-    if path.startswith("reasoning_gym:"):
-        task = path.split(":", 1)[1]
-        return f"reasoning-gym task `{task}`", None, ["reasoning-gym", task.replace("_", "-")]
-    if path == "humaneval":
-        return "HumanEval", "openai/openai_humaneval", ["code"]
-    p = Path(path)
-    local = p.suffix in (".jsonl", ".json", ".parquet", ".csv")
-    name = p.name if local else path
-    low = path.lower()
-    for key in ("gsm8k", "math", "countdown", "humaneval", "mbpp", "arc"):
-        if key in low:
-            tags.append(key)
-            break
-    if local:
-        return f"local file `{name}`", None, tags
-    return f"[{path}](https://huggingface.co/datasets/{path})" + (f" ({cfg.data.name})" if cfg.data.name else ""), path, tags
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def dataset_info(cfg: RecipeConfig) -> DatasetInfo:
+    """How the card names the recipe's data (its kinds are parsed once, by data.parse_source)."""
+    source = parse_source(cfg.data.path)
+    file_name = Path(source.name).name
+    keyword_tags = [key for key in DATASET_TAGS if key in source.name.lower()][:1]
+    if source.kind == "task":
+        return DatasetInfo(f"reasoning-gym task `{source.name}`", None, ["reasoning-gym", source.name.replace("_", "-")])
+    if source.kind == "humaneval":
+        return DatasetInfo("HumanEval", "openai/openai_humaneval", ["code"])
+    if source.kind == "mbpp":
+        return DatasetInfo(f"MBPP-format file `{file_name}`", None, ["code", "mbpp"])
+    if source.kind == "local":
+        return DatasetInfo(f"local file `{file_name}`", None, keyword_tags)
+    display = f"[{source.name}](https://huggingface.co/datasets/{source.name})" + (f" ({cfg.data.name})" if cfg.data.name else "")
+    return DatasetInfo(display, source.name, keyword_tags)
 
 
 def eval_before_after(evals: list[dict], step: int) -> tuple[dict | None, dict | None]:
@@ -253,120 +252,69 @@ def eval_before_after(evals: list[dict], step: int) -> tuple[dict | None, dict |
     return before, after
 
 
-def card_metadata(inp: CardInputs, license_id: str, license_extra: dict, base_id: str | None) -> str:
-    """The YAML header (Hub metadata), via huggingface_hub's ModelCardData."""
-    from huggingface_hub import EvalResult, ModelCardData
-
-    _, dataset_id, data_tags = dataset_info(inp.cfg)
-    tags = list(BASE_TAGS)
-    for t in data_tags + ["reasoning"]:
-        if t not in tags:
-            tags.append(t)
-    eval_results = None
+def card_data(inp: CardInputs, data: DatasetInfo, base_id: str | None, license_id: str, license_extra: dict) -> ModelCardData:
+    """The YAML header (Hub metadata): base model, data, licence, tags and the latest eval."""
+    cfg = inp.cfg
     _, after = eval_before_after(inp.evals, inp.step)
-    if after is not None and isinstance(after.get("accuracy"), (int, float)) and not math.isnan(after["accuracy"]):
-        ds_type = dataset_id or Path(str(inp.cfg.data.path)).stem or "custom"
+    eval_name = data.hub_id or Path(cfg.data.path).stem or "custom"  # what the eval results name the data
+    eval_results = None
+    if after is not None and _is_number(after.get("accuracy")) and not math.isnan(after["accuracy"]):
         eval_results = [
             EvalResult(
                 task_type="text-generation",
-                dataset_type=ds_type,
-                dataset_name=ds_type,
-                dataset_split=inp.cfg.data.eval_split or f"held-out ({after.get('n', '?')} rows of {inp.cfg.data.split})",
+                dataset_type=eval_name,
+                dataset_name=eval_name,
+                dataset_split=cfg.data.eval_split or f"held-out ({after.get('n', '?')} rows of {cfg.data.split})",
                 metric_type="accuracy",
-                metric_name=f"accuracy ({inp.cfg.rewards[0].name}, greedy)",
+                metric_name=f"accuracy ({cfg.rewards[0].name}, greedy)",
                 metric_value=float(after["accuracy"]),
             )
         ]
-    data = ModelCardData(
+    return ModelCardData(
         base_model=base_id,
-        datasets=[dataset_id] if dataset_id else None,
+        datasets=[data.hub_id] if data.hub_id else None,
         license=license_id,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=tags,
+        tags=list(dict.fromkeys([*BASE_TAGS, *data.tags, "reasoning"])),  # in order, once each
         model_name=inp.model_name,
         eval_results=eval_results,
         **license_extra,
     )
-    return data.to_yaml()
 
 
-def render_model_card(inp: CardInputs) -> str:
-    """README.md text: metadata header, results, plot, recipe, usage, reproduction, licence."""
-    cfg, es, gen = inp.cfg, inp.cfg.es, inp.cfg.generation
-    base_id = base_model_id(cfg.model, inp.base_model_dir)
-    license_id, license_src, license_extra = resolve_license(
-        inp.base_model_dir, [base_id or "", str(cfg.model), inp.base_model_dir.name]
-    )
-    header = card_metadata(inp, license_id, license_extra, base_id)
-    base_display = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{cfg.model}` (local model)"
-    data_display, _, _ = dataset_info(cfg)
-    rewards = ", ".join(f"`{r.name}`" + (f" ×{r.weight:g}" if r.weight != 1 else "") for r in cfg.rewards)
-    done = [m for m in inp.metrics if isinstance(m.get("step"), int) and m["step"] <= inp.step]
-    seconds = sum(float(m.get("time/step", 0.0) or 0.0) for m in done)
-    tokens = sum(int(m.get("new_tokens", 0) or 0) for m in done)
-    load_id = inp.repo_id or "path/to/this/folder"
+def _eval_row(label: str, rec: dict | None) -> dict:
+    """One row of the results table, its cells formatted (`evaluated` False: no such eval)."""
+    if rec is None:
+        return {"label": label, "evaluated": False}
+    has_ci = _is_number(rec.get("ci_low")) and _is_number(rec.get("ci_high"))
+    ci = f"[{_fmt(rec['ci_low'])}, {_fmt(rec['ci_high'])}]" if has_ci else ""
+    return {"label": label, "evaluated": True, "step": rec.get("step"), "accuracy": _fmt(rec.get("accuracy")),
+            "ci": ci, "reward_mean": _fmt(rec.get("reward_mean")), "n": rec.get("n", "")}
 
-    lines = ["---", header.rstrip("\n"), "---", ""]
-    lines += [f"# {inp.model_name}", ""]
-    lines += [
-        f"{base_display} fine-tuned on {data_display} with **EGGROLL** (low-rank evolution strategies: "
-        f"forward passes only, no backpropagation) using eggroll-rl. "
-        f"{inp.step} ES steps × {es.population} population members; reward: {rewards}.",
-        "",
-    ]
 
-    # Results
-    lines += ["## Results", ""]
+def _results(inp: CardInputs) -> dict | None:
+    """The Results section's values: the before/after table rows and the accuracy change (None: no evals)."""
     before, after = eval_before_after(inp.evals, inp.step)
     if before is None and after is None:
-        lines += ["No evaluation was run during training (`train.eval_every: 0`).", ""]
-    else:
-        n = (after or before).get("n", "?")
-        decoding = "Greedy decoding" if gen.samples_per_prompt == 1 else f"{gen.samples_per_prompt} samples per prompt"
-        lines += [
-            f"{decoding} on {n} held-out prompts "
-            f"(accuracy = the primary reward `{cfg.rewards[0].name}`; 95% interval).",
-            "",
-            "| model | step | accuracy | 95% CI | mean reward | n |",
-            "|---|---:|---:|---|---:|---:|",
-        ]
-        for label, rec in (("base (before)", before), ("EGGROLL (after)", after)):
-            if rec is None:
-                lines.append(f"| {label} | — | not evaluated | | | |")
-                continue
-            ci = (f"[{_fmt(rec['ci_low'])}, {_fmt(rec['ci_high'])}]"
-                  if isinstance(rec.get("ci_low"), (int, float)) and isinstance(rec.get("ci_high"), (int, float)) else "")
-            lines.append(
-                f"| {label} | {rec.get('step')} | {_fmt(rec.get('accuracy'))} | {ci} | {_fmt(rec.get('reward_mean'))} | {rec.get('n', '')} |"
-            )
-        if before is not None and after is not None:
-            try:
-                delta = float(after["accuracy"]) - float(before["accuracy"])
-                lines += ["", f"Accuracy {_fmt(before['accuracy'])} → {_fmt(after['accuracy'])} ({delta * 100:+.1f} points)."]
-            except (KeyError, TypeError, ValueError):
-                pass
-        lines.append("")
-    lines += [f"![Training curves: train reward per step, eval accuracy per evaluation]({PLOT_FILE})", ""]
+        return None
+    samples = inp.cfg.generation.samples_per_prompt
+    change = None
+    if before is not None and after is not None and _is_number(before.get("accuracy")) and _is_number(after.get("accuracy")):
+        points = (after["accuracy"] - before["accuracy"]) * 100
+        change = {"before": _fmt(before["accuracy"]), "after": _fmt(after["accuracy"]), "points": f"{points:+.1f}"}
+    return {
+        "decoding": "Greedy decoding" if samples == 1 else f"{samples} samples per prompt",
+        "n": (after or before).get("n", "?"),
+        "rows": [_eval_row("base (before)", before), _eval_row("EGGROLL (after)", after)],
+        "change": change,
+    }
 
-    # Training
-    lines += ["## Training", ""]
-    lines += [
-        f"- **Base model:** {base_display}",
-        f"- **Task / data:** {data_display}"
-        + (f", prompts formatted with the chat template" if cfg.data.chat_template else "")
-        + (f"; held-out eval: `{cfg.data.eval_split}`" if cfg.data.eval_split else f"; held-out eval: {cfg.data.eval_size} rows"),
-        f"- **Rewards:** {rewards}",
-        f"- **Steps:** {inp.step}" + (f" (of {inp.total_steps} logged in the run)" if inp.total_steps != inp.step else ""),
-        f"- **Wall-clock:** {human_seconds(seconds)} (sum of step times, evals excluded; {tokens:,} tokens generated)",
-        f"- **Recipe:** {cfg.description} (`training/config.yaml`)" if cfg.description else "- **Recipe:** `training/config.yaml`",
-        f"- **Weights:** `model.safetensors`, {inp.weights_dtype or cfg.dtype}, {human_bytes(inp.weights_bytes)}; "
-        + ("rebuilt by replaying the fitness log" if inp.source == "replay" else "from the run's checkpoint"),
-        "",
-        "| hyperparameter | value |",
-        "|---|---|",
-    ]
-    hp = [
+
+def _hyperparameters(cfg: RecipeConfig) -> list[tuple[str, str]]:
+    """(name, markdown cell) rows of the hyperparameter table."""
+    es, gen = cfg.es, cfg.generation
+    rows = [
         ("population (mirrored pairs)", f"{es.population} ({es.population // 2})"),
         ("perturbation rank r", es.rank),
         ("σ (sigma)", f"{es.sigma:g}" + (f", {es.sigma_schedule} → ×{es.sigma_final_ratio:g}" if es.sigma_schedule != "constant" else "")),
@@ -384,62 +332,39 @@ def render_model_card(inp: CardInputs) -> str:
         ("engine dtype / backend", f"{cfg.dtype} / {cfg.backend}"),
         ("seed", cfg.seed),
     ]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in hp]
-    lines += ["", "The full resolved recipe is in `training/config.yaml`.", ""]
+    return [(name, _cell(value)) for name, value in rows]
 
-    # Usage
-    lines += [
-        "## Usage",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'model_id = "{load_id}"',
-        "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-        "model = AutoModelForCausalLM.from_pretrained(model_id)",
-        'messages = [{"role": "user", "content": "What is 7 * 6?"}]',
-        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)",
-        "out = model.generate(**inputs, max_new_tokens=256, do_sample=False)",
-        "print(tokenizer.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))",
-        "```",
-        "",
-        "With vLLM:",
-        "",
-        "```python",
-        "from vllm import LLM, SamplingParams",
-        "",
-        f'llm = LLM(model="{load_id}")',
-        'print(llm.chat([{"role": "user", "content": "What is 7 * 6?"}], SamplingParams(temperature=0, max_tokens=256))[0].outputs[0].text)',
-        "```",
-        "",
-    ]
 
-    # Reproduction
-    lines += [
-        "## Reproduce",
-        "",
-        "EGGROLL weights are a pure function of the base model, the seed, the optimizer settings and the "
-        "per-step fitness vectors: each step's low-rank noise is regenerated from (seed, step, member, parameter). "
-        "`training/fitness.jsonl` holds those vectors and `training/config.yaml` the recipe, so `training/` is a "
-        "run directory from which the weights are rebuilt bit for bit (CPU, fp32) without any saved checkpoint "
-        "(the base model is fetched as the recipe names it):",
-        "",
-        "```bash",
-        "eggroll-rl export --replay training --out replayed   # == model.safetensors of this folder",
-        "```",
-        "",
-        f"Fitness log: {human_bytes(inp.fitness_log_bytes)} for {inp.step} steps"
-        + (f", versus {human_bytes(inp.checkpoint_bytes)} for one checkpoint (weights + fp32 master + optimizer state)."
-           if inp.checkpoint_bytes else f", versus {human_bytes(inp.weights_bytes)} of weights."),
-        "`training/metrics.jsonl` and `training/eval.jsonl` are the run's logs up to this step.",
-        "",
-    ]
-
-    # Licence
-    lines += [
-        "## License",
-        "",
-        f"`{license_id}`, inherited from the base model (source: {license_src}).",
-        "",
-    ]
-    return "\n".join(lines)
+def render_model_card(inp: CardInputs) -> str:
+    """README.md text: templates/model_card.md filled with the Hub metadata and the run's values."""
+    cfg = inp.cfg
+    base_id = base_model_id(cfg.model, inp.base_model_dir)
+    license_id, license_source, license_extra = resolve_license(
+        inp.base_model_dir, [base_id or "", str(cfg.model), inp.base_model_dir.name]
+    )
+    data = dataset_info(cfg)
+    done = [m for m in inp.metrics if isinstance(m.get("step"), int) and m["step"] <= inp.step]
+    card = ModelCard.from_template(
+        card_data(inp, data, base_id, license_id, license_extra),
+        template_path=str(TEMPLATE),
+        model_name=inp.model_name,
+        base_display=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{cfg.model}` (local model)",
+        data_display=data.display,
+        rewards=", ".join(f"`{r.name}`" + (f" ×{r.weight:g}" if r.weight != 1 else "") for r in cfg.rewards),
+        primary_reward=cfg.rewards[0].name,
+        steps=inp.step, total_steps=inp.total_steps, population=cfg.es.population,
+        results=_results(inp),
+        plot_file=PLOT_FILE,
+        chat_template=cfg.data.chat_template, eval_split=cfg.data.eval_split, eval_size=cfg.data.eval_size,
+        wall_clock=human_seconds(sum(float(m.get("time/step", 0.0) or 0.0) for m in done)),
+        tokens=f"{sum(int(m.get('new_tokens', 0) or 0) for m in done):,}",
+        description=cfg.description,
+        weights_dtype=inp.weights_dtype or cfg.dtype, weights_size=human_bytes(inp.weights_bytes),
+        replayed=inp.source == "replay",
+        hyperparameters=_hyperparameters(cfg),
+        load_id=inp.repo_id or "path/to/this/folder",
+        fitness_log_size=human_bytes(inp.fitness_log_bytes),
+        checkpoint_size=human_bytes(inp.checkpoint_bytes) if inp.checkpoint_bytes else None,
+        license_source=license_source,
+    )
+    return f"{card}\n"  # Jinja drops the template's final line break

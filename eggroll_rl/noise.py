@@ -60,6 +60,10 @@ class NoiseSpec:
         """σ/√r: the factor in front of A·Bᵀ."""
         return self.sigma / math.sqrt(self.rank)
 
+    def member_scale(self, member: int) -> float:
+        """±σ/√r: member 2k perturbs by +scale·A·Bᵀ, member 2k+1 by −scale·A·Bᵀ."""
+        return member_sign(member) * self.scale
+
     def factors(self, pair: int, name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         return low_rank_factors(self.seed, self.step, pair, name, shape, self.rank)
 
@@ -73,4 +77,4 @@ class NoiseSpec:
     def perturbation(self, member: int, name: str, shape: tuple[int, int]) -> torch.Tensor:
         """The dense E of one member (tests and the naive baseline only: out×in memory)."""
         a, b = self.factors(member // 2, name, shape)
-        return member_sign(member) * self.scale * (a @ b.T)
+        return self.member_scale(member) * (a @ b.T)

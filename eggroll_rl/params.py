@@ -1,9 +1,10 @@
-"""Which weights EGGROLL perturbs, and reading/writing them as Hugging Face safetensors."""
+"""Which weights EGGROLL perturbs, and reading/writing Hugging Face model folders' weights."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +18,26 @@ def select_targets(shapes: dict[str, tuple[int, ...]], patterns: list[str]) -> l
     return [n for n, s in shapes.items() if len(s) == 2 and any(c.fullmatch(n) for c in compiled)]
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
+WEIGHTS_FILE = "model.safetensors"
+# Weight files in any format a model folder may carry: never copied as "model files".
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json", ".msgpack", ".h5")
+# Files that describe one folder, not the model: its card and our bookkeeping
+# (checkpoint.STATE_FILE, the alias conversion record, export.MANIFEST).
+NOT_MODEL_FILES = ("README.md", "trainer_state.json", "eggroll_source.json", ".eggroll_export.json")
+
+
+def copy_model_files(src: Path, dest: Path) -> list[str]:
+    """Copy config, tokenizer, chat template and generation config of a model folder: everything
+    but the weights and per-folder files. Returns the names copied."""
+    copied = []
+    for item in sorted(Path(src).iterdir()):
+        if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES) and item.name not in NOT_MODEL_FILES:
+            shutil.copyfile(item, Path(dest) / item.name)
+            copied.append(item.name)
+    return copied
+
+
+def weight_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -31,7 +51,7 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """{name: shape} of every tensor in a HF safetensors checkpoint, without loading data."""
     shapes = {}
-    for path in _weight_files(Path(model_dir)):
+    for path in weight_files(Path(model_dir)):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 shapes[name] = tuple(f.get_slice(name).get_shape())
@@ -42,7 +62,7 @@ def load_tensors(model_dir: str | Path, names: list[str] | None = None, dtype=No
     """Read tensors (all, or `names`) from a HF safetensors checkpoint, optionally cast."""
     wanted = None if names is None else set(names)
     out = {}
-    for path in _weight_files(Path(model_dir)):
+    for path in weight_files(Path(model_dir)):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 if wanted is None or name in wanted:
@@ -56,3 +76,13 @@ def load_tensors(model_dir: str | Path, names: list[str] | None = None, dtype=No
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {"format": "pt"})
+
+
+def weight_dtypes(path: str | Path) -> dict[str, str]:
+    """{name: safetensors dtype ("F32", "BF16", ...)} of a safetensors file or a model folder."""
+    path = Path(path)
+    out = {}
+    for file in weight_files(path) if path.is_dir() else [path]:
+        with safe_open(str(file), framework="pt") as f:
+            out.update({name: str(f.get_slice(name).get_dtype()) for name in f.keys()})
+    return out

@@ -3,7 +3,7 @@
 An EGGROLL run's trained weights are a pure function of the base model, the seed, the optimizer
 settings and the per-step fitness vectors: the noise of step t is regenerated from
 (seed, t, pair, parameter) (noise.py) and the update is a deterministic function of that noise and
-the fitness (es.py). The trainer logs every step's shaped fitness in ``fitness.jsonl``
+the fitness (es.py). The trainer logs every step's shaped fitness in ``fitness.jsonl`` (run_dir.py)
 (``{"step": t, "fitness": [N floats]}``, t 0-based) as ``fitness.tolist()`` of a float64 tensor,
 and JSON floats round-trip exactly, so
 
@@ -19,15 +19,23 @@ As a guard against a log that does not belong to this recipe (edited, truncated,
 
 from __future__ import annotations
 
-import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FITNESS_LOG = "fitness.jsonl"
+import torch
+
+from .config import ConfigError, RecipeConfig
+from .es import EggrollES
+from .models import resolve_model
+from .params import load_tensors
+from .prepare import model_targets
+from .run_dir import FITNESS, METRICS, RunDir
+
 # The trainer's fitness tensors are float64 (scores are float64; shaping keeps the dtype), and the
 # update subtracts mirrored pairs in that dtype before casting: replay must use the same one.
-FITNESS_DTYPE = "float64"
+FITNESS_DTYPE = torch.float64
 # Relative difference allowed between a replayed and a logged update norm: far above float noise
 # (different BLAS/threads), far below what a wrong fitness vector or recipe produces.
 UPDATE_NORM_RTOL = 1e-3
@@ -39,7 +47,7 @@ class ReplayError(ValueError):
 
 @dataclass
 class ReplayResult:
-    master: dict  # {name: fp32 tensor}: the replayed master copy of the perturbed matrices
+    master: dict[str, torch.Tensor]  # the replayed fp32 master copy of the perturbed matrices
     steps: int  # updates applied (the weights are those of checkpoint step_<steps>)
     base_model_dir: Path
     targets: list[str]
@@ -49,84 +57,41 @@ class ReplayResult:
     notes: list[str] = field(default_factory=list)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file, one-line errors naming the file and line."""
-    records = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ReplayError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
-    return records
-
-
-def read_fitness_log(run_dir: Path, population: int, steps: int | None = None) -> tuple[list[list[float]], int]:
-    """(fitness vectors of steps 0..steps-1, bytes of those log lines). Checks order and sizes."""
-    path = Path(run_dir) / FITNESS_LOG
+def read_fitness_log(run: RunDir, population: int, steps: int | None = None) -> list[list[float]]:
+    """Fitness vectors of steps 0..steps-1 (default: all logged). Checks order and sizes."""
+    path = run / FITNESS
     if not path.is_file():
         raise ReplayError(f"{path} not found; replay needs the run's fitness log (written by `eggroll-rl train`)")
+    try:
+        records = run.read(FITNESS)
+    except ConfigError as exc:
+        raise ReplayError(str(exc)) from None
     vectors: list[list[float]] = []
-    nbytes = 0
-    for i, line in enumerate(path.read_text().splitlines(keepends=True), 1):
-        if not line.strip():
-            continue
-        if steps is not None and len(vectors) >= steps:
-            break
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReplayError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
+    for rec in records[:steps]:
         if not isinstance(rec, dict) or rec.get("step") != len(vectors):
             got = rec.get("step") if isinstance(rec, dict) else rec
-            raise ReplayError(f"{path}: line {i} has step {got!r}; expected step {len(vectors)} (steps must be 0, 1, 2, ... in order)")
+            raise ReplayError(f"{path}: record {len(vectors) + 1} has step {got!r}; expected step {len(vectors)} (steps must be 0, 1, 2, ... in order)")
         fit = rec.get("fitness")
         if not isinstance(fit, list) or len(fit) != population or not all(isinstance(v, (int, float)) for v in fit):
             raise ReplayError(f"{path}: step {rec['step']}: expected a list of {population} numbers (es.population), got {str(fit)[:60]}")
         vectors.append([float(v) for v in fit])
-        nbytes += len(line.encode())
     if steps is not None and len(vectors) < steps:
         raise ReplayError(f"{path} has {len(vectors)} steps; cannot replay up to step {steps}")
-    return vectors, nbytes
+    return vectors
 
 
-def run_base_and_targets(run_dir: Path, cfg) -> tuple[Path, list[str]]:
-    """The base model folder and target names the run used.
-
-    A checkpoint's trainer_state.json records both (the model as resolved when the run started);
-    without checkpoints (deleted, or never written) they come from the recipe, as the trainer
-    derived them.
-    """
-    from .checkpoint import STATE_FILE, list_checkpoints
-    from .models import resolve_model
-    from .params import checkpoint_shapes, select_targets
-
-    for ckpt in reversed(list_checkpoints(run_dir)):
-        try:
-            state = json.loads((ckpt / STATE_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        base = state.get("base_model")
-        if base and (Path(base) / "config.json").is_file() and state.get("targets"):
-            return Path(base), list(state["targets"])
+def base_and_targets(run: RunDir, cfg: RecipeConfig) -> tuple[Path, list[str]]:
+    """The base model folder and target names the run used: as its checkpoints recorded them
+    (the model as resolved when the run started), else derived from the recipe as the trainer
+    derives them (no checkpoint left)."""
+    recorded = run.recorded_base_and_targets()
+    if recorded is not None:
+        return recorded
     base = resolve_model(cfg.model)
-    targets = select_targets(checkpoint_shapes(base), cfg.es.targets)
-    if not targets:
-        raise ReplayError(f"es.targets: no 2-D weight of {base} matches {cfg.es.targets}")
-    return Path(base), targets
-
-
-def load_run_config(run_dir: Path):
-    from .config import ConfigError, load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ReplayError(f"{run_dir}: no config.yaml; give a run directory written by `eggroll-rl train`")
     try:
-        return load_config(path)
+        return base, model_targets(base, cfg.es.targets)
     except ConfigError as exc:
-        raise ReplayError(f"{path}: {exc}") from None
+        raise ReplayError(str(exc)) from None
 
 
 def _close(a: float, b: float, rtol: float) -> bool:
@@ -137,35 +102,28 @@ def _close(a: float, b: float, rtol: float) -> bool:
 
 def replay_master(run_dir: Path, steps: int | None = None, check_metrics: bool = True) -> ReplayResult:
     """Rebuild the fp32 master weights after `steps` updates (default: every logged step)."""
-    import time
-
-    import torch
-
-    from .es import EggrollES
-    from .params import load_tensors
-
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     t0 = time.perf_counter()
-    cfg = load_run_config(run_dir)
+    try:
+        cfg = run.load_config()
+    except ConfigError as exc:
+        raise ReplayError(str(exc)) from None
     if steps is not None and steps < 0:
         raise ReplayError(f"--step: got {steps}; expected an integer >= 0")
-    vectors, log_bytes = read_fitness_log(run_dir, cfg.es.population, steps)
+    vectors = read_fitness_log(run, cfg.es.population, steps)
     if not vectors and steps is None:
-        raise ReplayError(f"{run_dir / FITNESS_LOG} is empty; the run has no completed step to replay")
-    base, targets = run_base_and_targets(run_dir, cfg)
+        raise ReplayError(f"{run / FITNESS} is empty; the run has no completed step to replay")
+    base, targets = base_and_targets(run, cfg)
 
-    logged: dict[int, dict] = {}
-    metrics_path = run_dir / "metrics.jsonl"
-    if check_metrics and metrics_path.is_file():
-        for rec in read_jsonl(metrics_path):
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-                logged[rec["step"] - 1] = rec  # metrics are logged after the update: step t+1
+    # metrics are logged after the update: step t's record has "step": t+1
+    logged = {rec["step"] - 1: rec for rec in run.read(METRICS)
+              if check_metrics and isinstance(rec, dict) and isinstance(rec.get("step"), int)}
 
     master = load_tensors(base, targets, dtype=torch.float32)
     es = EggrollES(cfg.es, seed=cfg.seed, total_steps=cfg.train.steps)
     checked = 0
     for step, fit in enumerate(vectors):
-        stats = es.tell(step, torch.tensor(fit, dtype=getattr(torch, FITNESS_DTYPE)), master)
+        stats = es.tell(step, torch.tensor(fit, dtype=FITNESS_DTYPE), master)
         rec = logged.get(step)
         if rec is None:
             continue
@@ -181,7 +139,7 @@ def replay_master(run_dir: Path, steps: int | None = None, check_metrics: bool =
         steps=len(vectors),
         base_model_dir=base,
         targets=targets,
-        log_bytes=log_bytes,
+        log_bytes=run.fitness_log_bytes(len(vectors)),
         checked_steps=checked,
         seconds=time.perf_counter() - t0,
     )

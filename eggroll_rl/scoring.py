@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, RewardSpec
 from .data import columns
+from .rewards import CombinedReward, combine_rewards
 
 
 @dataclass
@@ -18,9 +19,9 @@ class Scores:
     completions: list[str]  # flat, member-major then prompt then sample
 
 
-def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], reward_fn) -> Scores:
+def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], reward_fn: CombinedReward) -> Scores:
     """Grade texts[member][prompt][sample] against the prompts' rows with `reward_fn`
-    (a `rewards.combine_rewards` object)."""
+    (a `rewards.CombinedReward`)."""
     members, prompts, samples = len(texts), len(texts[0]), len(texts[0][0])
     flat = [t for per_member in texts for per_prompt in per_member for t in per_prompt]
     row_of = [rows[p] for _ in range(members) for p in range(prompts) for _ in range(samples)]
@@ -37,10 +38,8 @@ def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], rewa
     )
 
 
-def recipe_reward(reward_specs):
+def recipe_reward(reward_specs: list[RewardSpec]) -> CombinedReward:
     """The recipe's rewards combined by weight; a bad name is a one-line recipe error."""
-    from rewards import combine_rewards
-
     try:
         return combine_rewards([(r.name, r.weight) for r in reward_specs])
     except ValueError as exc:

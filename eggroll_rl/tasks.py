@@ -7,8 +7,8 @@
 for any reasoning-gym dataset (basic_arithmetic, chain_sum, countdown, gsm_symbolic, ...). The
 question is reasoning-gym's own text, with whatever answer-format instructions it carries. `entry`
 is the whole entry (question, answer, metadata) plus ``eggroll_source`` (task, options, seed,
-size, index), so the task's own checker can grade a completion later (`score_with_task`) and the exact
-entry can always be rebuilt.
+size, index), so the task's own checker can grade a completion later (eggroll_rl.rewards.task_rewards) and
+the exact entry can always be rebuilt (:func:`task_dataset`).
 
 Train and held-out rows come from two seeds derived from (name, seed) with a hash, so they are
 the same in every process, and held-out questions that also occur in train (or twice in held-out)
@@ -95,6 +95,12 @@ def _clean_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
     return options
 
 
+def task_dataset(name: str, options: dict[str, Any], seed: int, size: int):
+    """The reasoning-gym dataset a row was drawn from (its `eggroll_source`), cached: graders
+    rebuild it to call the task's own checker."""
+    return _dataset_cached(name, json.dumps(options, sort_keys=True, default=_plain), seed, size)
+
+
 @functools.lru_cache(maxsize=64)
 def _dataset_cached(name: str, options_json: str, seed: int, size: int):
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(options_json).items()}
@@ -175,42 +181,3 @@ def load_task(
                 held_out.append(_row(name, options, eval_seed, size, index, entry))
             index += 1
     return train, held_out
-
-
-# ----------------------------------------------------------------------------------------
-# Grading with the task's own checker
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_entry(entry_json: str) -> dict[str, Any]:
-    """The reasoning-gym entry of a row (cached: rewards see the same row once per member)."""
-    return json.loads(entry_json)
-
-
-def _source_dataset(entry: dict[str, Any], task: str | None):
-    src = entry.get("eggroll_source") or {}
-    name = src.get("task") or task or (entry.get("metadata") or {}).get("source_dataset")
-    if not name:
-        raise TaskError("entry: no task name; rows need a 'task' column or an entry from eggroll_rl.tasks")
-    options = src.get("options") or {}
-    seed, index = int(src.get("seed", 0)), int(src.get("index", 0))
-    size = int(src.get("size", index + 1))
-    ds = _dataset_cached(name, json.dumps(options, sort_keys=True, default=_plain), seed, size)
-    return ds, index
-
-
-def rebuild_entry(entry_json: str, task: str | None = None) -> dict[str, Any]:
-    """The original entry (with its Python types) regenerated from its eggroll_source."""
-    entry = parse_entry(entry_json)
-    ds, index = _source_dataset(entry, task)
-    return ds[index]
-
-
-def score_with_task(answer: str | None, entry_json: str, task: str | None = None) -> float:
-    """reasoning-gym's own `score_answer` for an extracted answer (its scale: 1.0 = correct)."""
-    entry = parse_entry(entry_json)
-    ds, _ = _source_dataset(entry, task)
-    try:
-        return float(ds.score_answer(answer, entry))
-    except Exception:  # metadata that JSON could not carry exactly: grade against the rebuilt entry
-        return float(ds.score_answer(answer, rebuild_entry(entry_json, task)))

@@ -19,33 +19,32 @@ One step:
   5. tell    ĝ = 1/(Nσ)·Σᵢ fᵢ·Eᵢ per matrix, an optimizer step on the fp32 master copy (es.py).
   6. push    the new weights go back into the engine; then log, evaluate, checkpoint.
 
-The run directory (outputs/<run>/) holds the resolved recipe (config.yaml), metrics.jsonl,
-fitness.jsonl (the per-step fitness vectors: with the seed they determine the run), samples.jsonl,
-eval.jsonl and checkpoints/ (checkpoint.py). `--resume` continues exactly: interrupted and resumed,
+The run directory (outputs/<run>/, run_dir.py) holds the resolved recipe, the logs (metrics,
+samples, evals, and the per-step fitness vectors that with the seed determine the run) and
+checkpoints. `--resume` continues exactly: interrupted and resumed,
 a run ends with the same weights, bit for bit (CPU, fp32), as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import AutoTokenizer
 
 from .backends import make_backend
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from .config import ConfigError, RecipeConfig, to_dict
-from .data import load_rows, prompt_ids, rows_for_step
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RecipeConfig
+from .data import prompt_ids, rows_for_step
 from .es import EggrollES
 from .evaluation import evaluate
-from .models import resolve_model
-from .params import checkpoint_shapes, load_tensors, select_targets
+from .params import load_tensors
+from .prepare import prepare
 from .progress import TrainProgress
-from .scoring import recipe_reward, score_rollout
+from .run_dir import EVALS, FITNESS, METRICS, SAMPLES, RunDir
+from .scoring import score_rollout
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -53,60 +52,42 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=4).digest(), "little")
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_jsonl(path: Path, before_step: int) -> None:
-    """Drop records of steps >= before_step (written after the checkpoint we resume from)."""
-    if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) < before_step]
-        path.write_text("".join(line + "\n" for line in keep))
-
-
-def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) -> Path:
-    """Run (or continue) the recipe `cfg` in `run_dir`; return the final checkpoint folder."""
+def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console=None) -> Path:
+    """Run (or continue) the recipe `cfg` in `run`; return the final checkpoint folder."""
     es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
 
     # Data, rewards, model: everything that can fail on bad input fails here, before the run
     # directory is written and before the engine starts.
-    train_rows, eval_rows = load_rows(cfg.data)
-    reward_fn = recipe_reward(cfg.rewards)
-    model_dir = resolve_model(cfg.model)
-    targets = select_targets(checkpoint_shapes(model_dir), es_cfg.targets)
-    if not targets:
-        raise ConfigError(f"es.targets: no 2-D weight of {model_dir} matches {es_cfg.targets}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    inputs = prepare(cfg)
+    model_dir, targets, reward_fn = inputs.model_dir, inputs.targets, inputs.reward_fn
+    run.save_config(cfg)
     if console is not None:
-        console.print(f"run directory: [bold]{run_dir}[/]  model: {model_dir}  targets: {len(targets)} matrices")
+        console.print(f"run directory: [bold]{run}[/]  model: {model_dir}  targets: {len(targets)} matrices")
 
     # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
     es = EggrollES(es_cfg, seed=cfg.seed, total_steps=steps)
     start = 0
-    if resume and (done := list_checkpoints(run_dir)):
-        state, saved_master, optimizer_state = load_checkpoint(done[-1])
+    if resume and (latest := run.latest_checkpoint()) is not None:
+        state, saved_master, optimizer_state = load_checkpoint(latest)
         master = {name: saved_master[name] for name in targets}
         es.load_state_tensors(optimizer_state, state["updates_applied"])
         start = state["step"]
     else:
         master = load_tensors(model_dir, targets, dtype=torch.float32)
     if resume:  # drop what was logged after the checkpoint we continue from
-        for log in ("metrics.jsonl", "fitness.jsonl", "samples.jsonl", "eval.jsonl"):
-            truncate_jsonl(run_dir / log, start)
+        run.truncate_logs(start)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     backend = make_backend(cfg, model_dir, targets)
     try:
         if start:
             backend.load_weights(master)
-        eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in eval_rows]
+        eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
 
         def run_eval(step: int) -> dict:
-            result = evaluate(backend, eval_prompts, eval_rows, gen, reward_fn)
+            result = evaluate(backend, eval_prompts, inputs.eval_rows, gen, reward_fn)
             record = {"step": step, **result.summary()}
-            append_jsonl(run_dir / "eval.jsonl", record)
+            run.append(EVALS, record)
             return record
 
         progress = TrainProgress(steps, start, console=console)
@@ -117,7 +98,7 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
                 t0 = time.perf_counter()
                 # 1. ask: the step's noise (regenerated from indices wherever it is needed).
                 noise = es.ask(step)
-                rows = rows_for_step(train_rows, step, es_cfg.prompts_per_step, cfg.data.shuffle_seed)
+                rows = rows_for_step(inputs.train_rows, step, es_cfg.prompts_per_step, cfg.data.shuffle_seed)
                 prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
                 # 2. rollout: every member answers every prompt, all in one batched call.
                 rollout = backend.generate(prompts, gen, noise, range(es_cfg.population), seed=step_seed(cfg.seed, step))
@@ -154,11 +135,11 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
                     "time/push": t_end - t_push,
                     "time/step": t_end - t0,
                 }
-                append_jsonl(run_dir / "metrics.jsonl", record)
-                append_jsonl(run_dir / "fitness.jsonl", {"step": step, "fitness": fitness.tolist()})
+                run.append(METRICS, record)
+                run.append(FITNESS, {"step": step, "fitness": fitness.tolist()})
                 for i in range(min(cfg.train.log_samples, len(scores.completions))):
                     member, prompt = divmod(i, len(rows))
-                    append_jsonl(run_dir / "samples.jsonl", {
+                    run.append(SAMPLES, {
                         "step": step + 1, "member": member, "question": rows[prompt]["question"],
                         "answer": rows[prompt]["answer"],
                         "completion": rollout.texts[member][prompt][0],
@@ -169,12 +150,12 @@ def train(cfg: RecipeConfig, run_dir: Path, resume: bool = False, console=None) 
                     eval_record = run_eval(step + 1)
                 if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or step + 1 == steps:
                     save_checkpoint(
-                        run_dir, step + 1, model_dir, master, es.state_tensors(),
-                        {"seed": cfg.seed, "updates_applied": es.updates_applied, "base_model": str(model_dir),
-                         "targets": targets},
-                        keep=cfg.train.keep_checkpoints,
+                        run.checkpoint_dir(step + 1), model_dir, master, es.state_tensors(),
+                        {"step": step + 1, "seed": cfg.seed, "updates_applied": es.updates_applied,
+                         "base_model": str(model_dir), "targets": targets},
                     )
+                    run.prune_checkpoints(cfg.train.keep_checkpoints)
                 progress.update(record=record, eval=eval_record)
     finally:
         backend.close()
-    return list_checkpoints(run_dir)[-1]
+    return run.latest_checkpoint()

@@ -189,7 +189,8 @@ def gold_answer(answer: object) -> str | None:
 
 
 def completion_text(completion: object) -> str:
-    """The text of a completion: a string, or the last message of a chat (TRL's format)."""
+    """The text of a completion: a string, or the last message of a chat (TRL's format); a
+    missing completion or message content (None) is the empty text."""
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
+        completion = completion[-1].get("content")
     return "" if completion is None else str(completion)

@@ -8,14 +8,14 @@ Two rewards (plain functions; the registry names them ``code_tests`` and ``code_
 Which tests, by the row's columns (lists aligned with `completions`, TRL style):
 
 * HumanEval: ``prompt``, ``test`` (defines ``check(candidate)``), ``entry_point``. Each
-  assert statement of ``check`` is one test (see :func:`eggroll_rl.code_tasks.humaneval_tests`).
+  assert statement of ``check`` is one test (see :func:`.code_programs.humaneval_tests`).
 * MBPP: ``test_list`` (assert strings, one test each), optional ``test_setup_code``.
 * a ``test`` module of top-level asserts without ``entry_point``: each assert is a test.
 * stdin/stdout: ``inputs`` and ``outputs`` (lists of strings): one run per case, stdout compared
-  in the trainer (:func:`eggroll_rl.code_tasks.output_matches`), exit status 0 required.
+  in the trainer (:func:`.code_programs.output_matches`), exit status 0 required.
 
 A row with none of these scores None (not applicable); a completion without code scores 0.0
-without running. The program is extracted as described in :mod:`eggroll_rl.code_tasks`. Every
+without running. The program is extracted as described in :mod:`.code_programs`. Every
 run goes through :mod:`eggroll_rl.sandbox` (read its docstring for what that does and does not
 defend against), in parallel on its bounded pool. Identical (program, tests) pairs of a batch, which
 an ES population produces a lot of, run once, and finished results are cached.
@@ -32,8 +32,8 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Any
 
-from eggroll_rl.code_tasks import assert_tests, build_program, humaneval_tests, output_matches
-from eggroll_rl.sandbox import Limits, Sandbox, TestCase, default_sandbox
+from ..sandbox import Limits, Sandbox, TestCase, default_sandbox
+from .code_programs import assert_tests, build_program, humaneval_tests, output_matches
 
 from .registry import register
 

@@ -37,7 +37,7 @@ def format_reward(completions: list, **kwargs) -> list[float]:
     """1.0 if the completion ends with a single clearly marked final answer, else 0.0.
 
     Clearly marked: a ``\\boxed{}``/``\\fbox{}`` or an "answer is X" / "answer: X" / "#### X",
-    with one candidate (see :mod:`rewards.answers`), followed by at most a short tail of
+    with one candidate (see :mod:`eggroll_rl.rewards.answers`), followed by at most a short tail of
     punctuation or words on the same line.
     """
     return [float(_well_formatted(completion_text(c))) for c in completions]

@@ -43,7 +43,7 @@ _BOOT = (
     "from multiprocessing.connection import Connection\n"
     "conn = Connection(int(sys.argv[1]))\n"
     "sys.path[:] = conn.recv()\n"
-    "from rewards.grading import _serve\n"
+    "from eggroll_rl.rewards.grading import _serve\n"
     "_serve(conn, int(sys.argv[2]))\n"
 )
 

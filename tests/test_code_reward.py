@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 
 from eggroll_rl import code_tasks
-from eggroll_rl.code_tasks import (
-    build_program,
-    extract_code,
-    humaneval_tests,
-    load_humaneval,
-    load_mbpp,
-    output_matches,
-)
+from eggroll_rl.code_tasks import load_humaneval, load_mbpp
+from eggroll_rl.rewards.code_programs import build_program, extract_code, humaneval_tests, output_matches
 from eggroll_rl.sandbox import Limits, Sandbox
-from rewards import code_reward
-from rewards.code_reward import code_tests, code_tests_all_pass, score_code
+from eggroll_rl.rewards import code_reward
+from eggroll_rl.rewards.code_reward import code_tests, code_tests_all_pass, score_code
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = Limits(timeout_s=3.0, memory_mb=256)
@@ -324,8 +318,8 @@ def test_identical_completions_run_once_and_results_are_cached(humaneval):
 def test_reward_is_loadable_by_module_path():
     from rewards.registry import get_reward
 
-    assert get_reward("rewards.code_reward:code_tests") is code_tests
-    assert get_reward("rewards.code_reward:code_tests_all_pass") is code_tests_all_pass
+    assert get_reward("eggroll_rl.rewards.code_reward:code_tests") is code_tests
+    assert get_reward("eggroll_rl.rewards.code_reward:code_tests_all_pass") is code_tests_all_pass
 
 
 def test_humaneval_recipe_validates():

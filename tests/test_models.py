@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from eggroll_rl import models
-from eggroll_rl.models import ModelNotFoundError, latest_checkpoint, list_aliases, resolve_model
+from eggroll_rl.models import ModelNotFoundError, list_aliases, resolve_model
+from eggroll_rl.run_dir import RunDir
 
 
 @pytest.fixture
@@ -64,8 +65,7 @@ def test_tiny_random_is_deterministic(tmp_path, monkeypatch):
 
 
 def test_killed_build_leaves_no_folder(cache, monkeypatch):
-    def half_build(out_dir):
-        out_dir.mkdir(parents=True)
+    def half_build(out_dir):  # given an empty temporary folder
         (out_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt  # killed mid-conversion
 
@@ -117,9 +117,9 @@ def test_run_directory_resolves_to_the_latest_complete_checkpoint(tmp_path):
     _fake_checkpoint(ckpts / "step_000010")
     _fake_checkpoint(ckpts / "step_999999")
     newest = _fake_checkpoint(ckpts / "step_1000000")  # numerically, not lexically, the latest
-    _fake_checkpoint(ckpts / "step_2000000", complete=False)  # no config.json: being written
+    _fake_checkpoint(ckpts / "step_2000000", complete=False)  # no trainer state yet: being written
     _fake_checkpoint(ckpts / "step_3000000.tmp")  # a temporary folder, never a checkpoint
-    assert latest_checkpoint(run) == newest
+    assert RunDir(run).latest_checkpoint() == newest
     assert resolve_model(str(run)) == newest.resolve()
     assert resolve_model(str(ckpts)) == newest.resolve()
     older = ckpts / "step_000010"

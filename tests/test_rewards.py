@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import rewards
-from rewards import (
+from eggroll_rl import rewards
+from eggroll_rl.rewards import (
     combine_rewards,
     extract_final_answer,
     format_reward,
@@ -20,10 +20,10 @@ from rewards import (
     math_accuracy,
     register,
 )
-from rewards import math_reward
-from rewards.format_reward import digit_fraction
-from rewards.grading import Grader, GraderStartupError
-from rewards.registry import _REGISTRY
+from eggroll_rl.rewards import math_reward
+from eggroll_rl.rewards.format_reward import digit_fraction
+from eggroll_rl.rewards.grading import Grader, GraderStartupError
+from eggroll_rl.rewards.registry import _REGISTRY
 
 ROWS = [json.loads(line) for line in (Path(__file__).parent / "fixtures/gsm8k_rows.jsonl").open()]
 
@@ -305,7 +305,7 @@ def test_get_reward_by_name_and_by_module_path():
     assert get_reward("math_accuracy") is math_accuracy
     assert get_reward("format") is format_reward
     assert get_reward("digit_fraction") is digit_fraction
-    assert get_reward("rewards.format_reward:digit_fraction") is digit_fraction
+    assert get_reward("eggroll_rl.rewards.format_reward:digit_fraction") is digit_fraction
     assert set(rewards.registered()) >= {"math_accuracy", "format", "digit_fraction"}
 
 
@@ -314,7 +314,7 @@ def test_get_reward_by_name_and_by_module_path():
     [
         ("math_acuracy", ["unknown reward", "did you mean 'math_accuracy'", "digit_fraction"]),
         ("no_such_module_xyz:f", ["'no_such_module_xyz:f'", "cannot import", "importable"]),
-        ("rewards.format_reward:nope", ["has no function 'nope'", "module.path:function"]),
+        ("eggroll_rl.rewards.format_reward:nope", ["has no function 'nope'", "module.path:function"]),
     ],
 )
 def test_bad_reward_specs_explain_themselves_in_one_line(spec, words):

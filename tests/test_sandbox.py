@@ -12,7 +12,9 @@ without them ("fallback": rlimits + uid switch only), the degraded mode of machi
 
 from __future__ import annotations
 
+import ast
 import glob
+import inspect
 import json
 import os
 import shutil
@@ -30,14 +32,17 @@ from pathlib import Path
 import pytest
 
 from eggroll_rl import sandbox as sbx
-from eggroll_rl.sandbox import Limits, Sandbox, TestCase
+from eggroll_rl.sandbox import CodeExecutor, Limits, Sandbox, TestCase, child
+from eggroll_rl.sandbox.child_wire import plain
+from eggroll_rl.sandbox.launcher import child_source, parse_report, pids_of_uid
 
 TIMEOUT = 3.0
 LIMITS = Limits(timeout_s=TIMEOUT, memory_mb=256, output_bytes=1 << 16)
 GOOD = "def add(a, b):\n    return a + b\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(2, 5) == 7", "assert abs(add(0.5, 0.25) - 0.75) < 1e-9"]
 ROOT = os.geteuid() == 0
-PROJECT = Path(sbx.__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(sbx.__file__).resolve().parent
 
 
 def _ns_available() -> bool:
@@ -99,7 +104,7 @@ def _workdirs() -> set[str]:
 
 
 def _leftovers(box: Sandbox) -> list[int]:
-    return [pid for uid in box.isolation.uids for pid in sbx._pids_of_uid(uid)]
+    return [pid for uid in box.isolation.uids for pid in pids_of_uid(uid)]
 
 
 def contained(box: Sandbox, program: str, tests=TESTS, canary: Path | None = None, **kw):
@@ -392,7 +397,7 @@ def test_reading_files_outside_and_exfiltrating_through_stdout(ns_box, monkeypat
     secret = "hf_CANARY_" + os.urandom(8).hex()
     monkeypatch.setenv("HF_TOKEN", secret)
     monkeypatch.setenv("WANDB_API_KEY", secret)
-    project_line = (PROJECT / "eggroll_rl" / "sandbox.py").read_text().splitlines()[0]
+    project_line = (PACKAGE / "__init__.py").read_text().splitlines()[0]
     program = textwrap.dedent(f"""
         import json, os
         seen = {{"env": dict(os.environ)}}
@@ -401,7 +406,7 @@ def test_reading_files_outside_and_exfiltrating_through_stdout(ns_box, monkeypat
                 seen[key] = fn()
             except Exception as exc:
                 seen[key] = "ERR " + type(exc).__name__
-        grab("source", lambda: open({str(PROJECT / "eggroll_rl" / "sandbox.py")!r}).read())
+        grab("source", lambda: open({str(PACKAGE / "__init__.py")!r}).read())
         grab("project", lambda: os.listdir({str(PROJECT)!r}))
         grab("home", lambda: os.listdir(os.path.expanduser("~root")))
         grab("ssh", lambda: os.listdir("/root/.ssh"))
@@ -641,16 +646,16 @@ def test_uncounted_setup_step_failing_fails_the_rest(box):
 
 def test_report_needs_the_nonce():
     spec = {"nonce": "abc", "cases": [("t0", True), ("s", False), ("t2", True)]}
-    tests, finished, load_error = sbx._parse_report(b"zzz 0 1\nabc 2 1\nabc 0 0\nabc 0 1\nzzz done\n", spec)
+    tests, finished, load_error = parse_report(b"zzz 0 1\nabc 2 1\nabc 0 0\nabc 0 1\nzzz done\n", spec)
     assert tests == [False, True] and not finished and not load_error
-    assert sbx._parse_report(b"abc 0 1\nabc 2 1\nabc done\n", spec) == ([True, True], True, False)
+    assert parse_report(b"abc 0 1\nabc 2 1\nabc done\n", spec) == ([True, True], True, False)
 
 
 def test_plain_data_check():
-    assert sbx._c_plain([1, 2.5, "s", b"b", None, True, (1,), {1: {2}}, frozenset({3}), 1j])
-    assert not sbx._c_plain(type("S", (str,), {})("x"))
-    assert not sbx._c_plain([[object()]])
-    assert not sbx._c_plain({"k": (lambda: 0)})
+    assert plain([1, 2.5, "s", b"b", None, True, (1,), {1: {2}}, frozenset({3}), 1j])
+    assert not plain(type("S", (str,), {})("x"))
+    assert not plain([[object()]])
+    assert not plain({"k": (lambda: 0)})
 
 
 def test_referenced_names_skip_builtins():
@@ -674,8 +679,10 @@ def test_unprivileged_trainer(tmp_path):
     work = Path(tempfile.mkdtemp(prefix="eggroll-unpriv-"))
     try:
         work.chmod(0o755)
-        shutil.copy(sbx.__file__, work / "sandbox_copy.py")
-        (work / "sandbox_copy.py").chmod(0o644)
+        copy = work / "sandbox_copy"  # the package alone, as a top-level package
+        shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [copy, *copy.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         script = textwrap.dedent(f"""
             import json, os, sys
             sys.path.insert(0, {str(work)!r})
@@ -718,10 +725,32 @@ def test_unprivileged_trainer(tmp_path):
 
 
 def test_sandbox_source_is_self_contained():
-    """The launcher is shipped as source: every function it needs must be in _CHILD_FUNCS."""
-    src = sbx._child_source()
+    """The child program is shipped as one script: child.py after the sibling modules it imports,
+    with no import of the package left and no top-level name defined by two of them."""
+    assert callable(child.main)  # imported above without running it
+    src = child_source()
     compile(src, "<launcher>", "exec")
-    for name in ("_c_main", "_c_confine", "_c_serve", "_c_run_tests", "_c_run_stdio"):
-        assert f"def {name}(" in src
+    for name in ("main", "confine", "serve", "run_tests", "run_stdio", "plain", "send"):
+        assert f"\ndef {name}(" in src
+    tree = ast.parse(src)
+    imported = [
+        (node.level if isinstance(node, ast.ImportFrom) else 0, name)
+        for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+        for name in ([node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+    ]
+    assert all(level == 0 and name.partition(".")[0] in sys.stdlib_module_names for level, name in imported)
+    defined = [
+        target.id if isinstance(node, ast.Assign) else node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node])
+    ]
+    assert len(defined) == len(set(defined))
     assert stat.S_ISREG(os.stat(sbx.__file__).st_mode)
     assert signal.SIGKILL == 9 and sys.platform.startswith("linux")
+
+
+def test_sandbox_implements_the_executor_protocol():
+    for name in ("run_program", "run_tests", "map", "close"):
+        assert inspect.signature(getattr(Sandbox, name)) == inspect.signature(getattr(CodeExecutor, name)), name
+    assert isinstance(Sandbox.isolation, property) and isinstance(CodeExecutor.isolation, property)

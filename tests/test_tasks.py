@@ -13,11 +13,13 @@ import pytest
 pytest.importorskip("reasoning_gym", reason="reasoning-gym not installed (pip install 'reasoning-gym>=0.1.25')")
 
 from eggroll_rl.config import ConfigError  # noqa: E402
-from eggroll_rl.tasks import TaskError, load_task, rebuild_entry, score_with_task, task_options  # noqa: E402
-from rewards.task_rewards import (  # noqa: E402
+from eggroll_rl.tasks import TaskError, load_task, task_options  # noqa: E402
+from eggroll_rl.rewards.task_rewards import (  # noqa: E402
     countdown_correct,
     countdown_expression,
     is_number,
+    rebuild_entry,
+    score_with_task,
     task_accuracy,
     task_answer,
 )

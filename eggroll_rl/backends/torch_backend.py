@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from ..config import GenerationConfig
-from ..noise import NoiseSpec, member_sign
+from ..noise import NoiseSpec
 from .base import Backend, Rollout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,7 +71,7 @@ class TorchBackend(Backend):
         pairs = sorted({m // 2 for m in row_members})
         pair_pos = {k: i for i, k in enumerate(pairs)}
         index = torch.tensor([pair_pos[m // 2] for m in row_members], device=self.device)
-        signs = torch.tensor([member_sign(m) * noise.scale for m in row_members], device=self.device)
+        signs = torch.tensor([noise.member_scale(m) for m in row_members], device=self.device)
         rows = {}
         for name in self.targets:
             a, b = noise.stacked_factors(pairs, name, tuple(self.params[name].shape))

@@ -24,6 +24,7 @@ Constraints: rank must be <= 512 (vLLM's ``max_lora_rank`` is rounded up to one 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -284,10 +285,6 @@ class VLLMBackend(Backend):
         """Environment for the engine processes; never overrides what the user set."""
         from vllm.platforms import current_platform
 
-        pkg_root = str(Path(__file__).resolve().parents[2])
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if pkg_root not in paths:  # the engine's worker process imports the worker extension
-            os.environ["PYTHONPATH"] = os.pathsep.join([pkg_root] + paths)
         if not current_platform.is_cpu():
             return
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
@@ -372,9 +369,7 @@ class VLLMBackend(Backend):
             ids = [next(_ADAPTER_COUNTER) for _ in members]
             items = [(t, self.shapes[t]) for t in self.targets]
             self.last_adapter_seconds = self._rpc(
-                "eggroll_add_members",
-                noise.seed, noise.step, float(noise.sigma), noise.rank,
-                [int(m) for m in members], ids, items,
+                "eggroll_add_members", dataclasses.asdict(noise), [int(m) for m in members], ids, items,
             )
             requests = [
                 LoRARequest(self._adapter_name(i, noise.step, m), i, "/eggroll/in-memory")

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..noise import low_rank_factors, member_sign
+from ..noise import NoiseSpec
 
 _PREFIX = "base_model.model."
 
@@ -79,10 +79,7 @@ class EggrollWorkerExtension:
     def _eggroll_build(
         self,
         lora_id: int,
-        seed: int,
-        step: int,
-        sigma: float,
-        rank: int,
+        noise: NoiseSpec,
         member: int,
         targets: list[tuple[str, tuple[int, int]]],
         cache: dict,
@@ -92,20 +89,20 @@ class EggrollWorkerExtension:
 
         adapter_manager = self._eggroll_lora_manager()
         lora_config = self.model_runner.lora_config
-        scale = member_sign(member) * sigma / float(np.sqrt(rank))
+        scale = noise.member_scale(member)
         pair = member // 2
         tensors: dict[str, torch.Tensor] = {}
         for name, shape in targets:
             key = (pair, name)
             if key not in cache:
-                cache[key] = low_rank_factors(seed, step, pair, name, tuple(shape), rank)
+                cache[key] = noise.factors(pair, name, tuple(shape))
             a, b = cache[key]
             module = _PREFIX + _module_of(name)
             tensors[module + ".lora_A.weight"] = b.T.contiguous()  # r × in
             tensors[module + ".lora_B.weight"] = a * scale  # out × r
         peft_helper = PEFTHelper(
-            r=rank,
-            lora_alpha=rank,  # scaling = alpha / r = 1
+            r=noise.rank,
+            lora_alpha=noise.rank,  # scaling = alpha / r = 1
             target_modules=sorted({_module_of(n).rsplit(".", 1)[-1] for n, _ in targets}),
         )
         model = adapter_manager.model
@@ -132,7 +129,7 @@ class EggrollWorkerExtension:
 
         adapter_manager = self._eggroll_lora_manager()
         try:
-            lora = self._eggroll_build(2**31 - 2, 0, 0, 1.0, rank, 0, targets, {})
+            lora = self._eggroll_build(2**31 - 2, NoiseSpec(seed=0, step=0, sigma=1.0, rank=rank), 0, targets, {})
             # Pack q/k/v and gate/up like add_adapter would, without registering the adapter.
             adapter_manager._create_merged_loras_inplace(lora)
         except Exception as exc:  # e.g. a name vLLM's LoRA loader does not understand
@@ -148,15 +145,14 @@ class EggrollWorkerExtension:
 
     def eggroll_add_members(
         self,
-        seed: int,
-        step: int,
-        sigma: float,
-        rank: int,
+        noise_fields: dict,
         members: list[int],
         lora_ids: list[int],
         targets: list[tuple[str, tuple[int, int]]],
     ) -> float:
-        """Register member `members[i]` of step `step` as adapter `lora_ids[i]`; returns seconds."""
+        """Register member `members[i]` of the step `noise_fields` describes (a NoiseSpec as plain
+        fields: vLLM's RPC carries plain data) as adapter `lora_ids[i]`; returns seconds."""
+        noise = NoiseSpec(**noise_fields)
         t0 = time.perf_counter()
         adapter_manager = self._eggroll_lora_manager()
         if len(adapter_manager.list_adapters()) + len(members) > adapter_manager.capacity:
@@ -167,7 +163,7 @@ class EggrollWorkerExtension:
             )
         cache: dict = {}
         for member, lora_id in zip(members, lora_ids):
-            lora = self._eggroll_build(lora_id, seed, step, sigma, rank, member, targets, cache)
+            lora = self._eggroll_build(lora_id, noise, member, targets, cache)
             adapter_manager.add_adapter(lora)
         return time.perf_counter() - t0
 

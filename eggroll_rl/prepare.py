@@ -1,0 +1,44 @@
+"""What a recipe needs before an engine starts: data, rewards, model, targets, checked in one place.
+
+`eggroll-rl train`, `eggroll-rl eval` and replay all start here, so a bad data path, an unknown
+reward or a target pattern that matches nothing fails the same way (a one-line ConfigError)
+before any run directory is written or any engine is started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RecipeConfig
+from .data import load_rows
+from .models import resolve_model
+from .params import checkpoint_shapes, select_targets
+from .rewards import CombinedReward
+from .scoring import recipe_reward
+
+
+def model_targets(model_dir: Path, patterns: list[str]) -> list[str]:
+    """The weights `patterns` (es.targets) select in `model_dir`; ConfigError if none."""
+    targets = select_targets(checkpoint_shapes(model_dir), patterns)
+    if not targets:
+        raise ConfigError(f"es.targets: no 2-D weight of {model_dir} matches {patterns}")
+    return targets
+
+
+@dataclass
+class RecipeInputs:
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    reward_fn: CombinedReward
+    model_dir: Path
+    targets: list[str]
+
+
+def prepare(cfg: RecipeConfig, model_spec: str | None = None) -> RecipeInputs:
+    """Load and check everything `cfg` names; `model_spec` replaces cfg.model (eval)."""
+    train_rows, eval_rows = load_rows(cfg.data)
+    reward_fn = recipe_reward(cfg.rewards)
+    model_dir = resolve_model(model_spec or cfg.model)
+    return RecipeInputs(train_rows, eval_rows, reward_fn, model_dir, model_targets(model_dir, cfg.es.targets))

@@ -1,0 +1,188 @@
+"""The run directory: the one module that knows its layout. Everything else asks it.
+
+    outputs/<run>/
+        config.yaml                 the resolved recipe (read by --resume, eval, export, replay)
+        metrics.jsonl               one record per step, "step": updates applied (t+1 for step t)
+        samples.jsonl               a few completions per step, "step" as in metrics.jsonl
+        eval.jsonl                  held-out evaluations, "step": updates applied (0 = the base)
+        fitness.jsonl               {"step": t, "fitness": [N floats]}: the fitness the update of
+                                    step t (0-based) used. With the seed it determines the run
+                                    (replay.py), so every line is fsynced when written.
+        error.log                   the traceback of a run that stopped on an error
+        checkpoints/step_000010/    weights after 10 updates (checkpoint.py owns what is inside)
+
+Logs are JSONL and only ever appended. A run killed mid-append leaves a torn last line: readers
+skip it, and :meth:`RunDir.truncate_logs` (called on ``--resume``) rewrites each log without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import is_complete, read_state
+from .config import ConfigError, RecipeConfig, load_config, to_dict
+from .files import append_line
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples.jsonl"
+EVALS = "eval.jsonl"
+FITNESS = "fitness.jsonl"
+ERROR_LOG = "error.log"
+CHECKPOINTS = "checkpoints"
+
+# "step" of a record -> updates applied when it was written. fitness.jsonl numbers the step
+# whose update it feeds (0-based), the other logs the updates applied after it.
+_UPDATES_AFTER_STEP = {METRICS: 0, SAMPLES: 0, EVALS: 0, FITNESS: 1}
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used as asked, explained in one line."""
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSONL log ([] when absent). A torn last line (a write cut short) is skipped;
+    a bad line anywhere else is corruption: a one-line error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text().split("\n")  # the text after the last newline is a torn tail, or ""
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines):
+                break
+            raise RunDirError(f"{path}: line {i} is not valid JSON ({exc.msg}); fix or delete that line") from None
+        if i == len(lines):  # valid JSON but no newline: the write may not have finished
+            break
+        records.append(record)
+    return records
+
+
+class RunDir:
+    """outputs/<run>/ of one training run; see the module docstring for the layout."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @staticmethod
+    def holds_run(path: str | Path) -> bool:
+        """True if `path` is a run directory written by `eggroll-rl train`."""
+        return (Path(path) / CONFIG).is_file()
+
+    # -- the recipe ---------------------------------------------------------------------------
+
+    def save_config(self, cfg: RecipeConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def load_config(self, overrides: list[str] | None = None) -> RecipeConfig:
+        """The run's saved recipe with `overrides` applied; one-line RunDirError if it has none."""
+        if not self.path.is_dir():
+            raise RunDirError(f"run directory '{self.path}' not found")
+        if not self.holds_run(self.path):
+            raise RunDirError(f"{self.path}: no {CONFIG}; give a run directory written by `eggroll-rl train`")
+        try:
+            return load_config(self.path / CONFIG, overrides)
+        except ConfigError as exc:
+            raise RunDirError(f"{self.path / CONFIG}: {exc}") from None
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def append(self, log: str, record: dict[str, Any]) -> None:
+        append_line(self.path / log, json.dumps(record), durable=log == FITNESS)
+
+    def read(self, log: str) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / log)
+
+    def records_upto(self, log: str, updates: int) -> list[dict[str, Any]]:
+        """Records of `log` written up to the point where `updates` updates had been applied."""
+        offset = _UPDATES_AFTER_STEP[log]
+        return [r for r in self.read(log) if isinstance(r, dict) and isinstance(r.get("step"), int)
+                and r["step"] + offset <= updates]
+
+    def truncate_logs(self, updates: int) -> None:
+        """Keep what was logged up to `updates` updates (the checkpoint a resume continues
+        from) and drop torn tails; each log is rewritten atomically."""
+        for log in _UPDATES_AFTER_STEP:
+            path = self.path / log
+            if path.is_file():
+                kept = self.records_upto(log, updates)
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, path)
+
+    def fitness_steps(self) -> int:
+        """Steps whose fitness is logged (complete lines)."""
+        return len(self.read(FITNESS))
+
+    def copy_history(self, dest: Path, updates: int) -> int:
+        """Write the recipe and the logs up to `updates` into `dest` as a run directory of its
+        own (replayable with `export --replay`); return the bytes of its fitness log."""
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path / CONFIG, dest / CONFIG)
+        for log in (FITNESS, METRICS, EVALS):
+            records = self.records_upto(log, updates)
+            if records:
+                (dest / log).write_text("".join(json.dumps(r) + "\n" for r in records))
+        return (dest / FITNESS).stat().st_size if (dest / FITNESS).is_file() else 0
+
+    def fitness_log_bytes(self, steps: int) -> int:
+        """Bytes of the first `steps` fitness records as the log stores them."""
+        return sum(len(json.dumps(r)) + 1 for r in self.records_upto(FITNESS, steps))
+
+    def write_error(self, text: str) -> Path:
+        path = self.path / ERROR_LOG
+        path.write_text(text)
+        return path
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / CHECKPOINTS / f"step_{step:06d}"
+
+    def checkpoints(self) -> dict[int, Path]:
+        """Complete checkpoints, {updates applied: folder}, oldest first."""
+        root = self.path / CHECKPOINTS
+        found = {}
+        for p in root.glob("step_*") if root.is_dir() else ():
+            step = p.name.removeprefix("step_")
+            if step.isdigit() and is_complete(p):
+                found[int(step)] = p
+        return dict(sorted(found.items()))
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self.checkpoints()
+        return done[max(done)] if done else None
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest `keep` checkpoints (0: keep all)."""
+        if keep:
+            for old in list(self.checkpoints().values())[:-keep]:
+                shutil.rmtree(old)
+
+    def recorded_base_and_targets(self) -> tuple[Path, list[str]] | None:
+        """(base model folder, target names) as the run recorded them in its newest checkpoint
+        whose base model is still on disk; None when no checkpoint records one."""
+        for ckpt in reversed(self.checkpoints().values()):
+            state = read_state(ckpt)
+            base = state.get("base_model")
+            if base and (Path(base) / "config.json").is_file() and state.get("targets"):
+                return Path(base), list(state["targets"])
+        return None
