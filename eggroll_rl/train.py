@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from transformers import AutoTokenizer
 
 from .backends import make_backend
@@ -52,7 +53,7 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=4).digest(), "little")
 
 
-def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console=None) -> Path:
+def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console | None = None) -> Path:
     """Run (or continue) the recipe `cfg` in `run`; return the final checkpoint folder."""
     es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
 

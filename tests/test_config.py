@@ -66,3 +66,16 @@ def test_resolved_config_round_trips():
 def test_reward_shorthand():
     cfg = load_config(TINY, ["rewards=math_accuracy"])
     assert [(r.name, r.weight) for r in cfg.rewards] == [("math_accuracy", 1.0)]
+
+
+def test_a_data_file_named_in_a_recipe_is_relative_to_the_recipe(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "rows.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    recipe = folder / "r.yaml"
+    recipe.write_text("model: tiny-random\ndata:\n  path: data/rows.jsonl\n  eval_split: openai/gsm8k\n")
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder
+    cfg = load_config(recipe)
+    assert cfg.data.path == str((folder / "data" / "rows.jsonl").resolve())
+    assert cfg.data.eval_split == "openai/gsm8k"  # no such file there: a hub split name stays
+    assert load_config(recipe, ["data.path=other.jsonl"]).data.path == "other.jsonl"  # overrides: as given

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+from ..config import RecipeConfig
 from .base import Backend, Rollout
 
 
 def vllm_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_backend(cfg, model_dir, targets: list[str]) -> Backend:
+def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str]) -> Backend:
     """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch."""
     kind = cfg.backend
     if kind == "auto":
         kind = "vllm" if vllm_available() else "torch"
+    # Each engine's module is imported only when chosen (vLLM takes seconds to import).
     if kind == "vllm":
         from .vllm_backend import VLLMBackend
 

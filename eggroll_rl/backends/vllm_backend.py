@@ -40,6 +40,7 @@ from ..config import ConfigError, GenerationConfig
 from ..noise import NoiseSpec
 from ..params import checkpoint_shapes, load_tensors
 from .base import Backend, Rollout
+from .weight_transport import encode, to_shared_memory
 
 # vLLM versions whose internals (see vllm_worker.py) this backend was verified against.
 SUPPORTED_VLLM = ">=0.32,<0.33"
@@ -107,53 +108,6 @@ def _group_of(name: str) -> list[str] | None:
         if sub in group:
             return [f"{parent}.{s}.{leaf}" for s in group]
     return None
-
-
-def _encode(name: str, t: torch.Tensor) -> tuple[str, str, tuple[int, ...], bytes]:
-    """A tensor in a form that survives collective_rpc (msgpack): dtype name, shape, bytes."""
-    t = t.detach().to("cpu")
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16; fp32 is exact
-        t = t.float()
-    arr = t.contiguous().numpy()
-    return name, arr.dtype.str, tuple(arr.shape), arr.tobytes()
-
-
-def _to_shared_memory(tensors: dict[str, torch.Tensor]):
-    """Copy tensors into one POSIX shared-memory block (RAM, not disk): (block, meta) or None.
-
-    Ten times faster than sending bytes through collective_rpc (which copies them through two
-    sockets). None when /dev/shm is missing or too small (e.g. Docker's 64 MB default), so the
-    caller falls back to bytes.
-    """
-    import shutil
-    from multiprocessing import shared_memory
-
-    arrays, meta, offset = [], [], 0
-    for name, t in tensors.items():
-        t = t.detach().to("cpu")
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        arr = t.contiguous().numpy()
-        offset = (offset + 63) // 64 * 64
-        meta.append((name, arr.dtype.str, tuple(arr.shape), offset))
-        arrays.append(arr)
-        offset += arr.nbytes
-    try:
-        if shutil.disk_usage("/dev/shm").free < offset + (64 << 20):
-            return None
-        block = shared_memory.SharedMemory(create=True, size=max(offset, 1))
-    except (OSError, FileNotFoundError):
-        return None
-    try:
-        for arr, (_, _, _, off) in zip(arrays, meta):
-            view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=block.buf, offset=off)
-            view[...] = arr
-            del view
-    except BaseException:
-        block.close()
-        block.unlink()
-        raise
-    return block, meta
 
 
 def _shutdown_llm(llm) -> None:
@@ -435,18 +389,16 @@ class VLLMBackend(Backend):
                         )
         send = dict(sorted(send.items()))  # layer by layer: vLLM processes a layer once complete
         t0 = time.perf_counter()
-        shm = _to_shared_memory(send) if self.weights_via_shm else None
+        shm = to_shared_memory(send) if self.weights_via_shm else None
         if shm is not None:
-            block, meta = shm
+            block, slots = shm
             try:
-                self.last_load_worker_seconds = self._rpc("eggroll_load_weights_shm", block.name, meta)
+                self.last_load_worker_seconds = self._rpc("eggroll_load_weights_shm", block.name, slots)
             finally:
                 block.close()
                 block.unlink()
         else:
-            self.last_load_worker_seconds = self._rpc(
-                "eggroll_load_weights", [_encode(n, t) for n, t in send.items()]
-            )
+            self.last_load_worker_seconds = self._rpc("eggroll_load_weights", [encode(n, t) for n, t in send.items()])
         self.last_load_seconds = time.perf_counter() - t0
         # Reload dropped all adapters; KV computed with the old weights must not be reused.
         self.llm.reset_prefix_cache()

@@ -30,10 +30,10 @@ import logging
 import time
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from ..noise import NoiseSpec
+from .weight_transport import TensorBytes, TensorSlot, decode, from_shared_memory
 
 _PREFIX = "base_model.model."
 
@@ -41,13 +41,6 @@ _PREFIX = "base_model.model."
 def _module_of(hf_name: str) -> str:
     """``model.layers.0.self_attn.q_proj.weight`` -> ``model.layers.0.self_attn.q_proj``."""
     return hf_name[: -len(".weight")] if hf_name.endswith(".weight") else hf_name
-
-
-def decode_tensor(item: tuple[str, str, tuple[int, ...], bytes]) -> tuple[str, torch.Tensor]:
-    """(name, dtype, shape, raw bytes) -> (name, tensor); collective_rpc does not keep tensors."""
-    name, dtype, shape, raw = item
-    arr = np.frombuffer(bytearray(raw), dtype=np.dtype(dtype)).reshape(shape)
-    return name, torch.from_numpy(arr)
 
 
 @contextmanager
@@ -175,7 +168,7 @@ class EggrollWorkerExtension:
     def eggroll_list(self) -> list[int]:
         return sorted(self._eggroll_lora_manager().list_adapters())
 
-    def eggroll_load_weights(self, items: list[tuple[str, str, tuple[int, ...], bytes]]) -> float:
+    def eggroll_load_weights(self, items: list[TensorBytes]) -> float:
         """Replace base weights in place (checkpoint names, complete fused groups); seconds.
 
         ``reload_weights`` re-runs vLLM's weight processing (the CPU backend repacks linear
@@ -183,41 +176,14 @@ class EggrollWorkerExtension:
         """
         t0 = time.perf_counter()
         dtype = self.model_runner.model_config.dtype
-        self._eggroll_reload([(name, t.to(dtype)) for name, t in map(decode_tensor, items)])
+        self._eggroll_reload([(name, t.to(dtype)) for name, t in map(decode, items)])
         return time.perf_counter() - t0
 
-    def eggroll_load_weights_shm(self, shm_name: str, meta: list[tuple[str, str, tuple[int, ...], int]]) -> float:
-        """Like eggroll_load_weights, reading the tensors from a shared-memory block.
-
-        `meta` holds (name, numpy dtype, shape, byte offset); the sender owns (and unlinks) the
-        block, the worker only copies out of it.
-        """
+    def eggroll_load_weights_shm(self, block_name: str, slots: list[TensorSlot]) -> float:
+        """Like eggroll_load_weights, reading the tensors from a shared-memory block
+        (weight_transport.py); the sender owns the block, the worker only copies out of it."""
         t0 = time.perf_counter()
-        dtype = self.model_runner.model_config.dtype
-        # Map the block read-only without multiprocessing.shared_memory: that would register it
-        # with a resource tracker this process may share with the sender, which unlinks it.
-        import mmap
-        import os
-
-        import _posixshmem
-
-        size = max((off + int(np.prod(shape)) * np.dtype(dt).itemsize for _, dt, shape, off in meta), default=0)
-        fd = _posixshmem.shm_open("/" + shm_name.lstrip("/"), os.O_RDONLY, mode=0o600)
-        try:
-            buf = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
-        finally:
-            os.close(fd)
-        weights = []
-        try:
-            for name, np_dtype, shape, offset in meta:
-                arr = np.frombuffer(buf, dtype=np.dtype(np_dtype), count=int(np.prod(shape)), offset=offset)
-                # Copy: the reload must own its data, the block is freed right after.
-                weights.append((name, torch.from_numpy(arr.reshape(tuple(shape)).copy()).to(dtype)))
-                del arr
-        finally:
-            if buf is not None:
-                buf.close()
-        self._eggroll_reload(weights)
+        self._eggroll_reload(from_shared_memory(block_name, slots, self.model_runner.model_config.dtype))
         return time.perf_counter() - t0
 
     def _eggroll_reload(self, weights: list[tuple[str, torch.Tensor]]) -> None:
