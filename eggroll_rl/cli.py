@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict
+from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict, resume_change_problem
 from .export_cli import export
 from .recipes import shipped
 from .run_dir import EVALS, RunDir
@@ -50,6 +50,9 @@ def train(
             if not RunDir.holds_run(resume):
                 fail(f"--resume {resume}: no config.yaml there; give a run directory written by `eggroll-rl train`", 2)
             cfg = run.load_config(overrides)
+            problem = resume_change_problem(run.load_config(), cfg)
+            if problem:
+                fail(problem, 2)
         else:
             if recipe is None:
                 fail("missing RECIPE; e.g. `eggroll-rl train recipes/tiny.yaml` (list them: `eggroll-rl recipes`)", 2)
@@ -61,22 +64,27 @@ def train(
     except ConfigError as exc:
         fail(str(exc), 2)
 
-    from .train import train as run_training
-
-    quiet_libraries()
     try:
+        from .train import train as run_training  # torch, transformers: after the recipe is checked
+
+        quiet_libraries()
         final = run_training(cfg, run, resume=resume is not None, console=console)
     except KeyboardInterrupt:
         fail(f"interrupted; continue with: eggroll-rl train --resume {run}", 130)
     except ConfigError as exc:
         fail(str(exc), 2)
     except Exception as exc:  # an engine that died, a full disk, ...: keep the run resumable
-        if not run.path.is_dir():
-            raise
-        log = run.write_error(traceback.format_exc())
         first = (str(exc).strip().splitlines() or [""])[0]
-        fail(f"training stopped: {type(exc).__name__}: {first} (traceback in {log}); "
-             f"checkpoints are intact: continue with eggroll-rl train --resume {run}", 1)
+        problem = f"training stopped: {type(exc).__name__}: {first}"
+        if isinstance(exc, OSError):
+            problem += f" (check free space, permissions and file-size limits of output_dir={cfg.output_dir})"
+        if not RunDir.holds_run(run.path):  # stopped before the run began: nothing to resume
+            fail(problem, 1)
+        try:
+            where = f" (traceback in {run.write_error(traceback.format_exc())})"
+        except OSError:  # the disk that failed the run may refuse the log too
+            where = ""
+        fail(f"{problem}{where}; checkpoints are intact: continue with eggroll-rl train --resume {run}", 1)
     console.print(f"done: final checkpoint [bold]{final}[/]")
     evals = run.read(EVALS)
     if len(evals) >= 2:
@@ -138,18 +146,25 @@ def eval_(
     except ConfigError as exc:
         fail(str(exc), 2)
 
-    from .evaluation import evaluate_model
-
-    quiet_libraries()
+    out = out or Path(cfg.output_dir) / "eval" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    engine_log = out.with_suffix(".engine.log")
     results = []
     try:
+        from .evaluation import evaluate_model  # torch, transformers: after the recipe is checked
+
+        quiet_libraries()
+        out.parent.mkdir(parents=True, exist_ok=True)
         for spec in [model] + ([compare] if compare else []):
             with console.status(f"evaluating {spec}"):
-                results.append((spec, evaluate_model(cfg, spec, seed=seed)))
+                results.append((spec, evaluate_model(cfg, spec, seed=seed, engine_log=engine_log)))
     except ConfigError as exc:
         fail(str(exc), 2)
-    out = out or Path(cfg.output_dir) / "eval" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written", 130)
+    except Exception as exc:  # an engine that died, an unwritable output folder, ...
+        first = (str(exc).strip().splitlines() or [""])[0]
+        where = f" (engine output in {engine_log})" if engine_log.is_file() else ""
+        fail(f"eval stopped: {type(exc).__name__}: {first}{where}", 1)
     with out.open("w") as f:
         for spec, result in results:
             result.write_jsonl(f, spec)

@@ -10,6 +10,7 @@ sees exactly the prompts an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,10 @@ def _load_split(cfg: DataConfig, split: str, key: str = "data.path") -> list[dic
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise ConfigError(f"{key}: file '{cfg.path}' not found; give an existing .jsonl/.json/.parquet/.csv file or a hub dataset id")
-        ds = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        try:
+            ds = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as exc:  # a malformed file: one line naming it (and the line, for JSONL)
+            raise ConfigError(f"{key}: {_unreadable(path, exc)}") from None
     else:
         try:
             ds = datasets.load_dataset(cfg.path, cfg.name, split=split)
@@ -62,6 +66,21 @@ def _load_split(cfg: DataConfig, split: str, key: str = "data.path") -> list[dic
                 "check the name and network, or give a local .jsonl file"
             ) from None
     return [dict(r) for r in ds]
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why a local data file cannot be read, in words: the first bad line of a JSONL file."""
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f"{path} line {number} is not valid JSON ({err.msg}); fix or remove that line"
+    cause = exc.__cause__ or exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return f"cannot read {path} as {LOCAL_FORMATS[path.suffix]}: {first}"
 
 
 def _normalize(rows: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:

@@ -114,6 +114,11 @@ def gradient_estimate(
 # Ask / tell
 
 
+class NonFiniteUpdateError(RuntimeError):
+    """An update that would put inf or NaN into the weights: the run must stop before it is
+    pushed or checkpointed (the last checkpoint stays the last good state)."""
+
+
 @dataclass
 class UpdateStats:
     lr: float
@@ -154,9 +159,20 @@ class EggrollES:
         return FITNESS_SHAPING[self.cfg.fitness_shaping](rewards)
 
     def tell(self, step: int, fitness: torch.Tensor, master: dict[str, torch.Tensor]) -> UpdateStats:
-        """Apply one ascent step to every matrix of `master`, in place, one matrix at a time."""
+        """Apply one ascent step to every matrix of `master`, in place, one matrix at a time.
+
+        Raises NonFiniteUpdateError, before touching anything, if the fitness, lr or σ is not
+        finite, and before applying a matrix's delta if that delta is not (an overflow): the
+        caller must then drop this master copy and stop.
+        """
         noise = self.ask(step)
         lr = self.lr_at(step)
+        bad = int((~torch.isfinite(fitness)).sum())
+        if bad or not math.isfinite(lr) or not math.isfinite(noise.sigma):
+            raise NonFiniteUpdateError(
+                f"step {step}: {bad} of {fitness.numel()} fitness values are not finite (lr {lr:g}, sigma {noise.sigma:g}); "
+                "no update was applied"
+            )
         update_sq = grad_sq = 0.0
         self.updates_applied += 1
         for name, weight in master.items():
@@ -164,6 +180,8 @@ class EggrollES:
             delta = self._direction(name, grad) * lr
             if self.cfg.weight_decay:
                 delta -= lr * self.cfg.weight_decay * weight
+            if not bool(torch.isfinite(delta).all()):
+                raise NonFiniteUpdateError(f"step {step}: the update of {name} is not finite (overflow); it was not applied")
             weight.add_(delta)
             update_sq += float(delta.double().pow(2).sum())
             grad_sq += float(grad.double().pow(2).sum())

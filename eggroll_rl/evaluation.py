@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from transformers import AutoTokenizer
@@ -104,11 +105,11 @@ def evaluate(backend: Backend, prompts: list[list[int]], rows: list[dict[str, An
     )
 
 
-def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0) -> EvalResult:
+def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0, engine_log: Path | None = None) -> EvalResult:
     """Load `model_spec` (alias, folder, hub id, run or checkpoint) and score it on the recipe's
     held-out rows with the recipe's prompt format, generation settings and rewards."""
     inputs = prepare(cfg, model_spec)
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
     prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
-    with make_backend(cfg, inputs.model_dir, inputs.targets) as backend:
+    with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log) as backend:
         return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, seed=seed)

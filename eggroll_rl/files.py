@@ -29,15 +29,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(final: Path) -> None:
-    """Remove temporary siblings of `final` left by processes that are gone."""
-    for tmp in Path(final).parent.glob(f".{Path(final).name}.*-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
+def clean_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary folders (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``) that processes
+    which are gone left in `folder`."""
+    for tmp in Path(folder).glob(".*.*-*"):
+        kind, _, pid = tmp.name.rpartition(".")[2].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_folder(path: Path) -> None:
+    """Delete a folder so that it disappears at once: renamed aside first, then deleted (a crash
+    mid-delete leaves a hidden temporary, never a half folder under its own name)."""
+    doomed = Path(path).parent / f".{Path(path).name}.old-{os.getpid()}"
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def make_readable(folder: Path) -> None:
@@ -81,7 +87,7 @@ def atomic_folder(final: Path, *, replace: bool = True, readable: bool = False, 
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(final)
+    clean_stale_temporaries(final.parent)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -106,6 +112,13 @@ def atomic_folder(final: Path, *, replace: bool = True, readable: bool = False, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small file's content all at once (written beside it, then renamed)."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def append_line(path: Path, line: str, durable: bool = False) -> None:

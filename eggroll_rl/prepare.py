@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from .config import ConfigError, RecipeConfig
 from .data import load_rows
 from .models import resolve_model
@@ -19,11 +22,33 @@ from .rewards import CombinedReward
 from .scoring import recipe_reward
 
 
+def linear_weights(model_dir: Path) -> set[str] | None:
+    """Names of the weights of the model's nn.Linear layers, from its architecture alone (built
+    on the meta device: no memory, no weights); None if transformers cannot build it."""
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # an architecture this transformers does not know: the backend checks later
+        return None
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
 def model_targets(model_dir: Path, patterns: list[str]) -> list[str]:
-    """The weights `patterns` (es.targets) select in `model_dir`; ConfigError if none."""
+    """The weights `patterns` (es.targets) select in `model_dir`; ConfigError if none, or if one
+    is not the (out × in) weight of a linear layer: a perturbation x·(W + E)ᵀ and its update are
+    only right for those (a GPT-2 Conv1D stores in × out, an embedding is a lookup)."""
     targets = select_targets(checkpoint_shapes(model_dir), patterns)
     if not targets:
         raise ConfigError(f"es.targets: no 2-D weight of {model_dir} matches {patterns}")
+    linear = linear_weights(model_dir)
+    bad = [t for t in targets if linear is not None and t not in linear]
+    if bad:
+        raise ConfigError(
+            f"es.targets: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} ({len(bad)} of {len(targets)} selected): "
+            "not the weight of an nn.Linear layer, and EGGROLL perturbs only those; narrow the patterns "
+            "to the attention and MLP projections"
+        )
     return targets
 
 

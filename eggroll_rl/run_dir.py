@@ -9,6 +9,7 @@
                                     step t (0-based) used. With the seed it determines the run
                                     (replay.py), so every line is fsynced when written.
         error.log                   the traceback of a run that stopped on an error
+        engine.log                  what the inference engine's own processes print (vLLM)
         checkpoints/step_000010/    weights after 10 updates (checkpoint.py owns what is inside)
 
 Logs are JSONL and only ever appended. A run killed mid-append leaves a torn last line: readers
@@ -18,7 +19,6 @@ skip it, and :meth:`RunDir.truncate_logs` (called on ``--resume``) rewrites each
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import yaml
 
 from .checkpoint import is_complete, read_state
 from .config import ConfigError, RecipeConfig, load_config, to_dict
-from .files import append_line
+from .files import append_line, clean_stale_temporaries, remove_folder, write_text_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -35,6 +35,7 @@ SAMPLES = "samples.jsonl"
 EVALS = "eval.jsonl"
 FITNESS = "fitness.jsonl"
 ERROR_LOG = "error.log"
+ENGINE_LOG = "engine.log"
 CHECKPOINTS = "checkpoints"
 
 # "step" of a record -> updates applied when it was written. fitness.jsonl numbers the step
@@ -90,7 +91,7 @@ class RunDir:
 
     def save_config(self, cfg: RecipeConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / CONFIG).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text_atomic(self.path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     def load_config(self, overrides: list[str] | None = None) -> RecipeConfig:
         """The run's saved recipe with `overrides` applied; one-line RunDirError if it has none."""
@@ -117,16 +118,15 @@ class RunDir:
         return [r for r in self.read(log) if isinstance(r, dict) and isinstance(r.get("step"), int)
                 and r["step"] + offset <= updates]
 
-    def truncate_logs(self, updates: int) -> None:
+    def truncate_logs(self, updates: int | None) -> None:
         """Keep what was logged up to `updates` updates (the checkpoint a resume continues
-        from) and drop torn tails; each log is rewritten atomically."""
+        from; None: no checkpoint, a fresh start keeps nothing) and drop torn tails; each log is
+        rewritten atomically."""
         for log in _UPDATES_AFTER_STEP:
             path = self.path / log
             if path.is_file():
-                kept = self.records_upto(log, updates)
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-                os.replace(tmp, path)
+                kept = self.records_upto(log, updates) if updates is not None else []
+                write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def fitness_steps(self) -> int:
         """Steps whose fitness is logged (complete lines)."""
@@ -175,7 +175,8 @@ class RunDir:
         """Delete all but the newest `keep` checkpoints (0: keep all)."""
         if keep:
             for old in list(self.checkpoints().values())[:-keep]:
-                shutil.rmtree(old)
+                remove_folder(old)
+        clean_stale_temporaries(self.path / CHECKPOINTS)
 
     def recorded_base_and_targets(self) -> tuple[Path, list[str]] | None:
         """(base model folder, target names) as the run recorded them in its newest checkpoint

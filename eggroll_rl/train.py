@@ -44,7 +44,7 @@ from .evaluation import evaluate
 from .params import load_tensors
 from .prepare import prepare
 from .progress import TrainProgress
-from .run_dir import EVALS, FITNESS, METRICS, SAMPLES, RunDir
+from .run_dir import ENGINE_LOG, EVALS, FITNESS, METRICS, SAMPLES, RunDir
 from .scoring import score_rollout
 
 
@@ -68,18 +68,19 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
     # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
     es = EggrollES(es_cfg, seed=cfg.seed, total_steps=steps)
     start = 0
-    if resume and (latest := run.latest_checkpoint()) is not None:
+    latest = run.latest_checkpoint() if resume else None
+    if latest is not None:
         state, saved_master, optimizer_state = load_checkpoint(latest)
         master = {name: saved_master[name] for name in targets}
         es.load_state_tensors(optimizer_state, state["updates_applied"])
         start = state["step"]
     else:
         master = load_tensors(model_dir, targets, dtype=torch.float32)
-    if resume:  # drop what was logged after the checkpoint we continue from
-        run.truncate_logs(start)
+    if resume:  # drop what was logged after the checkpoint we continue from (all of it: none)
+        run.truncate_logs(start if latest is not None else None)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    backend = make_backend(cfg, model_dir, targets)
+    backend = make_backend(cfg, model_dir, targets, engine_log=run / ENGINE_LOG)
     try:
         if start:
             backend.load_weights(master)
@@ -122,6 +123,8 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                     "reward_std": float(rewards.std(unbiased=False)),
                     "reward_max_member": float(rewards.mean(dim=1).max()),
                     **{f"reward/{k}": float(v.nanmean()) for k, v in scores.per_reward.items()},
+                    # None, NaN or ±inf from a reward: scored 0 in the total (registry.py)
+                    **{f"reward/{k}/missing": float(v.isnan().double().mean()) for k, v in scores.per_reward.items()},
                     "fitness_std": float(fitness.std(unbiased=False)),
                     "lr": stats.lr,
                     "sigma": stats.sigma,

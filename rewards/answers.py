@@ -20,11 +20,16 @@ Several candidates get no credit (None). The rule:
   repeating the same value (``\\boxed{12} = \\boxed{12}``) is fine;
 * marker: the expression is followed by a separator (``,`` ``;`` "or" "and") and another
   number or expression: "12 or 13", "3, 4, 5", "$12 or $13", "12, and 13". A comma followed by
-  words ("18, since ...") is fine. Answers that are themselves lists belong in a box, where
+  words ("18, since the eggs are sold") is fine. Answers that are themselves lists belong in a box, where
   math-verify compares them as sets/tuples.
+* marker: a different number anywhere after the marked answer: the completion went on and may
+  have changed its mind ("The answer is 45. Wait ... so she has 44 clips."), so the marked
+  answer is not final. Repeating it ("... is 45. So 45 clips.") is fine.
 
 Normalization of the extracted string: ``$`` delimiters and escaped dollars, ``\\(`` ``\\)``,
-markdown bold and trailing punctuation are dropped; thousands separators in a plain number are
+markdown bold, trailing punctuation and a trailing percent sign are dropped (a percent sign is a
+unit, like $: math-verify never sees it, because its percent leniency credits both "45%" and
+"4500%" for gold 45, and "0.45" for gold "45%"); thousands separators in a plain number are
 removed ("1,000.00" -> "1000.00"); an equation chain whose second-to-last side is pure
 arithmetic (no letters) keeps its last side, the stated result: "71 - 26 = 37" -> "37",
 "16 - 3 - 4 = 9" -> "9", while "x^2 + y^2 = 1" and "y = 2x + 3" stay whole. An equation that
@@ -110,6 +115,7 @@ def normalize_answer(answer: str) -> str | None:
     s = re.sub(r"\\\$|\$|\\\(|\\\)|\\\[|\\\]|\*\*", "", s)
     s = re.sub(r"\\[,!; ]", "", s).replace("{,}", ",").strip()
     s = s.rstrip(" \t\n.,;:")
+    s = re.sub(r"\s*\\?%$", "", s)
     sides = _EQUALS.split(s)
     if len(sides) >= 2 and sides[-1].strip():
         # \frac{1}{2}, \pi and "5 x 3" count as arithmetic
@@ -147,6 +153,8 @@ def _from_marker(text: str) -> FinalAnswer | None:
     if _ANOTHER.match(text, m.end()):
         return FinalAnswer(None, "marker", m.end())
     answer, end = _stated_result(text, m.group(), m.end())
+    if any(normalize_answer(n.group()) != answer for n in _LAST_NUMBER.finditer(text, end)):
+        answer = None  # it went on to state another number: not its final answer
     return FinalAnswer(answer, "marker", end)
 
 

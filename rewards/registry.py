@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 RewardFn = Callable[..., list]
+logger = logging.getLogger(__name__)
 _REGISTRY: dict[str, RewardFn] = {}
 
 
@@ -85,6 +87,9 @@ class CombinedReward:
 
     ``total[i] = sum(weight * value)`` over the rewards that scored sample i; a None (or NaN)
     value is missing and skipped (TRL's nansum), and a sample no reward scored totals 0.0.
+    ±inf is missing too, with a warning: it is a bug in the reward, and one infinite value would
+    otherwise turn every member's fitness, and so every weight, into NaN. Missing values show up
+    as NaN in the raw values (scoring.py), so the trainer logs how many there were.
     """
 
     def __init__(self, specs: Sequence[tuple[str | RewardFn, float]]) -> None:
@@ -112,7 +117,11 @@ class CombinedReward:
                     f"reward {name!r} returned {len(values)} values for {len(completions)} "
                     "completions; it must return one per completion"
                 )
-            raw[name] = [None if v is None or math.isnan(v) else float(v) for v in values]
+            raw[name] = [None if v is None or not math.isfinite(v) else float(v) for v in values]
+            infinite = sum(1 for v in values if v is not None and math.isinf(v))
+            if infinite:
+                logger.warning("reward %r returned ±inf for %d of %d completions; counted as missing (0)",
+                               name, infinite, len(values))
         totals = [
             sum(w * raw[n][i] for n, w in zip(self.names, self.weights) if raw[n][i] is not None)
             for i in range(len(completions))

@@ -52,7 +52,10 @@ def _gold(row: dict) -> str:
         ("The answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),
         ("The final answer is **42**", "42"),
         ("Answer: -10 degrees", "-10"),
-        ("The answer is 18, since 9 eggs are sold.", "18"),  # comma + words: one answer
+        ("The answer is 18, since the eggs are sold.", "18"),  # comma + words: one answer
+        ("The answer is 18, since 9 eggs are sold.", None),  # another number after it: not final
+        ("The answer is 45. Wait, so she has 44 clips.", None),  # changed its mind
+        ("The answer is 45. So she has 45 clips.", "45"),  # restating it is fine
         ("The answer is:\n\n42", "42"),
         ("#### 7\n", "7"),
         ("The answer is 5 then later #### 6", "6"),  # the LAST marker
@@ -63,7 +66,8 @@ def _gold(row: dict) -> str:
         ("The answer is $71 - 26$ = 37.", "37"),
         ("\\boxed{y = 2x + 3}", "y = 2x + 3"),  # an equation answer stays whole
         ("The answer is (3, 4).", "(3, 4)"),
-        ("The answer is 10%.", "10%"),
+        ("The answer is 10%.", "10"),  # a percent sign is a unit, dropped like $
+        ("\\boxed{45\\%}", "45"),
         ("she ran 71 - 26 = 37", "37"),  # no marker: the last number
         ("it was 1,250 or so", "1250"),
         ("The answer is that she is happy", None),  # a marker followed by words
@@ -376,3 +380,11 @@ def test_combine_rewards_rejects_bad_input():
         combine_rewards([("nope", 1.0)])
     with pytest.raises(ValueError, match="one per completion"):
         combine_rewards([(lambda completions, **kw: [1.0], 1.0)])(["a", "b"])
+
+
+def test_percent_leniency_and_changed_minds_get_no_credit():
+    """math-verify credits 45% and 4500% for gold 45; an early "answer is" is not final."""
+    completions = ["\\boxed{45\\%}", "\\boxed{4500\\%}", "The answer is 45. Wait ... so she has 44 clips.",
+                   "The answer is 45%.", "\\boxed{0.45}"]
+    assert math_accuracy(completions, answer=["45"] * 5) == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert math_accuracy(["\\boxed{0.45}", "\\boxed{45}"], answer=["45%", "45%"]) == [0.0, 1.0]

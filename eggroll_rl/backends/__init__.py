@@ -13,8 +13,9 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str]) -> Backend:
-    """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch."""
+def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None = None) -> Backend:
+    """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch. An engine
+    running in processes of its own (vLLM) writes their output to `engine_log` when given."""
     kind = cfg.backend
     if kind == "auto":
         kind = "vllm" if vllm_available() else "torch"
@@ -24,7 +25,7 @@ def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str]) -> Back
 
         return VLLMBackend(
             model_dir, targets, rank=cfg.es.rank, population=cfg.es.population,
-            dtype=cfg.dtype, seed=cfg.seed, engine_options=cfg.vllm,
+            dtype=cfg.dtype, seed=cfg.seed, engine_options=cfg.vllm, engine_log=engine_log,
         )
     from .torch_backend import TorchBackend
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import sys
 import re
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,31 @@ def _group_of(name: str) -> list[str] | None:
     return None
 
 
+@contextmanager
+def _output_to(path: Path | None) -> Iterator[None]:
+    """Point this process's stdout and stderr (file descriptors 1 and 2) at `path` while the
+    engine starts. Its processes inherit them for good, so their warnings, and the tracebacks
+    they print when a Ctrl-C reaches them too, go to the log instead of the console."""
+    if path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+        os.close(log)
+
+
 def _shutdown_llm(llm) -> None:
     """Stop the engine process (and its workers), waiting at most ~10 s.
 
@@ -152,6 +179,7 @@ class VLLMBackend(Backend):
         dtype: str = "float32",
         seed: int = 0,
         engine_options: dict | None = None,
+        engine_log: Path | None = None,
     ):
         check_vllm_version()
         if rank < 1:
@@ -216,7 +244,8 @@ class VLLMBackend(Backend):
         from vllm import LLM
 
         t0 = time.perf_counter()
-        self._llm = LLM(**kwargs)
+        with _output_to(engine_log):
+            self._llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         # Clean shutdown when the backend is garbage-collected or at interpreter exit (Ctrl-C,
         # errors) if close() was never called; weakref.finalize also runs atexit.
@@ -242,6 +271,12 @@ class VLLMBackend(Backend):
         if not current_platform.is_cpu():
             return
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
+        # The engine core in this process: every request of a generate call is queued before
+        # the first step, so batches (and bf16 numerics with them) do not depend on how fast
+        # requests reach a separate engine process. Measured: 3 of 3 runs of the quickstart's
+        # 200-prompt greedy eval identical, against 1-18 completions differing run to run with
+        # the engine in its own process; and no slower on 2 cores.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             cpus = sorted(os.sched_getaffinity(0))
         except AttributeError:
