@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict, resume_change_problem
+from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict
 from .export_cli import export
 from .recipes import shipped
 from .run_dir import EVALS, RunDir
@@ -49,10 +49,7 @@ def train(
             run = RunDir(resume)
             if not RunDir.holds_run(resume):
                 fail(f"--resume {resume}: no config.yaml there; give a run directory written by `eggroll-rl train`", 2)
-            cfg = run.load_config(overrides)
-            problem = resume_change_problem(run.load_config(), cfg)
-            if problem:
-                fail(problem, 2)
+            cfg = run.resume_config(overrides)
         else:
             if recipe is None:
                 fail("missing RECIPE; e.g. `eggroll-rl train recipes/tiny.yaml` (list them: `eggroll-rl recipes`)", 2)

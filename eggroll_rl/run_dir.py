@@ -43,6 +43,35 @@ CHECKPOINTS = "checkpoints"
 _UPDATES_AFTER_STEP = {METRICS: 0, SAMPLES: 0, EVALS: 0, FITNESS: 1}
 
 
+# Settings that may change when a run is resumed: they do not change what the run computes, so
+# its fitness log still replays it with the saved recipe. Anything else changes the math.
+RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.log_samples", "generation.max_batch_rows", "device", "description", "vllm")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def resume_change_problem(saved: RecipeConfig, new: RecipeConfig) -> str | None:
+    """None if `new` (the saved recipe plus `--resume` overrides) continues the same run, else a
+    one-line problem: a change to the math would make the run, and its replay, a mix of two."""
+    old, now = _flat(to_dict(saved)), _flat(to_dict(new))
+    changed = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
+    bad = [k for k in changed if not any(k == ok or k.startswith(ok + ".") for ok in RESUMABLE_CHANGES)]
+    es = saved.es
+    scheduled = es.lr_schedule != "constant" or es.sigma_schedule != "constant"
+    if "train.steps" in changed and scheduled:
+        bad.append("train.steps (the lr/sigma schedule spans the run's steps)")
+    if not bad:
+        return None
+    return (f"--resume: {', '.join(bad)} would change what the run computes, and its fitness log replays with the saved "
+            f"recipe; on resume only {', '.join(RESUMABLE_CHANGES)} may change. To train on with new settings, "
+            "start a new run from its last checkpoint: eggroll-rl train RECIPE model=RUN_DIR key=value")
+
+
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked, explained in one line."""
 
@@ -92,6 +121,15 @@ class RunDir:
     def save_config(self, cfg: RecipeConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def resume_config(self, overrides: list[str] | None = None) -> RecipeConfig:
+        """The recipe to continue the run with: the saved one, with only overrides that do not
+        change what the run computes (RESUMABLE_CHANGES); RunDirError otherwise."""
+        cfg = self.load_config(overrides)
+        problem = resume_change_problem(self.load_config(), cfg)
+        if problem:
+            raise RunDirError(problem)
+        return cfg
 
     def load_config(self, overrides: list[str] | None = None) -> RecipeConfig:
         """The run's saved recipe with `overrides` applied; one-line RunDirError if it has none."""

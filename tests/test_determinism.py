@@ -3,7 +3,7 @@
 With vLLM's engine core in a process of its own, a generate call's requests reached it while it
 was already stepping, so batches (and bf16 numerics with them) depended on timing: two runs of
 this eval differed in 1 to 18 of 200 greedy completions. The CPU backend now keeps the engine core
-in the trainer's process (vllm_backend._set_env), and every request is queued before the first step.
+in the trainer's process (vllm_engine.set_engine_env), and every request is queued before the first step.
 """
 
 from __future__ import annotations

@@ -59,10 +59,11 @@ def assert_same_run(reference: Path, run: Path, steps: int) -> None:
 
 
 @pytest.mark.slow
-def test_resume_keeps_the_checkpoint_steps_records_and_repairs_a_torn_log(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_bitwise_with_every_record_and_a_torn_log_repaired(tmp_path, monkeypatch):
     from eggroll_rl import train as train_module
 
-    common = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", f"output_dir={tmp_path}"]
+    common = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "es.optimizer=adam", "es.lr=0.01",
+              f"output_dir={tmp_path}"]
     assert runner.invoke(app, ["train", TINY, *common, "run_name=full"]).exit_code == 0
     real_save = train_module.save_checkpoint
 
@@ -73,8 +74,10 @@ def test_resume_keeps_the_checkpoint_steps_records_and_repairs_a_torn_log(tmp_pa
         return path
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
-    assert runner.invoke(app, ["train", TINY, *common, "run_name=cut"]).exit_code == 130
+    interrupted = runner.invoke(app, ["train", TINY, *common, "run_name=cut"])
+    assert interrupted.exit_code == 130 and "--resume" in interrupted.output
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert list((tmp_path / "cut" / "checkpoints").iterdir()) == [tmp_path / "cut" / "checkpoints" / "step_000002"]
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward_mean": 0.12')  # then died in the middle of step 3's append
     resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut")])
@@ -277,7 +280,8 @@ def test_resume_refuses_overrides_that_change_the_math(tmp_path):
 
 
 def test_resume_refuses_more_steps_under_a_schedule(tmp_path):
-    from eggroll_rl.config import load_config, resume_change_problem
+    from eggroll_rl.config import load_config
+    from eggroll_rl.run_dir import resume_change_problem
 
     saved = load_config(TINY, ["es.lr_schedule=cosine"])
     assert "train.steps (the lr/sigma schedule spans" in resume_change_problem(saved, load_config(TINY, ["es.lr_schedule=cosine", "train.steps=9"]))

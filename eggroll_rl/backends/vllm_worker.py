@@ -17,7 +17,7 @@ Adapters are registered straight into the worker's LoRA model manager
 (``LoRAModel.from_lora_tensors`` + ``LRUCacheLoRAModelManager.add_adapter``); nothing touches
 disk. A request whose ``lora_int_id`` is already registered is served from it without loading.
 
-vLLM internals used (checked for the versions in ``vllm_backend.SUPPORTED_VLLM``):
+vLLM internals used (checked for the versions in ``vllm_engine.SUPPORTED_VLLM``):
 ``worker.model_runner.lora_manager`` (LRUCacheWorkerLoRAManager) and its ``_adapter_manager``
 (LRUCacheLoRAModelManager: ``add_adapter``, ``remove_adapter``, ``list_adapters``, ``modules``),
 ``vllm.lora.lora_model.LoRAModel.from_lora_tensors``, ``vllm.lora.peft_helper.PEFTHelper`` and
