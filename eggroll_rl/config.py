@@ -130,7 +130,10 @@ class RecipeConfig:
     seed: int = 0
     backend: Literal["auto", "torch", "vllm"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Engine weights (the ES update always runs on an fp32 master copy). auto: bfloat16 on a GPU
+    # and on a CPU that runs it natively (AMX / avx512_bf16), float32 on other CPUs, where vLLM's
+    # bf16 path is several times slower (backends.resolve_dtype).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     es: ESConfig = field(default_factory=ESConfig)

@@ -158,6 +158,11 @@ def prompt_ids(tokenizer, question: str, cfg: DataConfig) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
+def longest_prompt(tokenizer, rows: list[dict[str, Any]], cfg: DataConfig, sample: int = 2000) -> int:
+    """Tokens of the longest prompt among the first `sample` rows (sizes the engine's KV cache)."""
+    return max((len(prompt_ids(tokenizer, r["question"], cfg)) for r in rows[:sample]), default=0)
+
+
 def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Rows -> {column: [values]} as rewards take them (keys of the first row)."""
     return {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}

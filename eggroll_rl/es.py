@@ -96,10 +96,11 @@ def schedule(kind: str, base: float, step: int, total: int, final_ratio: float, 
 # Estimator
 
 
-def gradient_estimate(
+def low_rank_gradient(
     noise: NoiseSpec, fitness: torch.Tensor, name: str, shape: tuple[int, int]
-) -> torch.Tensor:
-    """ĝ = 1/(N·σ)·Σᵢ fᵢ·Eᵢ for one matrix, as one stacked low-rank product (fp32, CPU)."""
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """ĝ of one matrix as factors (A: out × K·r, B: in × K·r, c) with ĝ = c·A·Bᵀ, where A's
+    columns are the pairs' A_k weighted by f_{2k} − f_{2k+1} and c = 1/(N·√r). Never out × in."""
     n = fitness.numel()
     if n % 2:
         raise ValueError(f"population must be even (mirrored pairs), got {n}")
@@ -107,7 +108,20 @@ def gradient_estimate(
     a, b = noise.stacked_factors(range(n // 2), name, shape)  # (K, out, r), (K, in, r)
     a = (a * pair_coeff[:, None, None]).permute(1, 0, 2).reshape(shape[0], -1)
     b = b.permute(1, 0, 2).reshape(shape[1], -1)
-    return (a @ b.T) / (n * math.sqrt(noise.rank))
+    return a, b, 1.0 / (n * math.sqrt(noise.rank))
+
+
+def gradient_estimate(
+    noise: NoiseSpec, fitness: torch.Tensor, name: str, shape: tuple[int, int]
+) -> torch.Tensor:
+    """ĝ = 1/(N·σ)·Σᵢ fᵢ·Eᵢ for one matrix, dense (fp32, CPU): one stacked low-rank product."""
+    a, b, c = low_rank_gradient(noise, fitness, name, shape)
+    return (a @ b.T) * c
+
+
+def low_rank_sq_norm(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖A·Bᵀ‖²_F = Σ (AᵀA) ⊙ (BᵀB): from the K·r × K·r Gram matrices, never the product."""
+    return float(((a.T.double() @ a.double()) * (b.T.double() @ b.double())).sum())
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,16 +190,30 @@ class EggrollES:
         update_sq = grad_sq = 0.0
         self.updates_applied += 1
         for name, weight in master.items():
-            grad = gradient_estimate(noise, fitness, name, tuple(weight.shape)).to(weight.device)
-            delta = self._direction(name, grad) * lr
+            a, b, c = low_rank_gradient(noise, fitness, name, tuple(weight.shape))
+            a, b = a.to(weight.device), b.to(weight.device)
+            g_sq = c * c * low_rank_sq_norm(a, b)
+            grad_sq += g_sq
+            if self._plain_sgd:
+                # W += lr·c·A·Bᵀ in one fused pass over W; the update is exactly lr·ĝ.
+                if not math.isfinite(g_sq):
+                    raise NonFiniteUpdateError(f"step {step}: the update of {name} is not finite (overflow); it was not applied")
+                weight.addmm_(a, b.T, alpha=lr * c)
+                update_sq += lr * lr * g_sq
+                continue
+            delta = self._direction(name, torch.mm(a, b.T).mul_(c)) * lr
             if self.cfg.weight_decay:
                 delta -= lr * self.cfg.weight_decay * weight
             if not bool(torch.isfinite(delta).all()):
                 raise NonFiniteUpdateError(f"step {step}: the update of {name} is not finite (overflow); it was not applied")
             weight.add_(delta)
-            update_sq += float(delta.double().pow(2).sum())
-            grad_sq += float(grad.double().pow(2).sum())
+            update_sq += float(torch.linalg.vector_norm(delta)) ** 2
         return UpdateStats(lr=lr, sigma=noise.sigma, update_norm=update_sq**0.5, grad_norm=grad_sq**0.5)
+
+    @property
+    def _plain_sgd(self) -> bool:
+        """SGD without momentum or weight decay: the update stays low rank until it is added."""
+        return self.cfg.optimizer == "sgd" and not self.cfg.momentum and not self.cfg.weight_decay
 
     def _direction(self, name: str, grad: torch.Tensor) -> torch.Tensor:
         c = self.cfg

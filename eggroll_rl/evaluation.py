@@ -111,5 +111,6 @@ def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0, engine_log
     inputs = prepare(cfg, model_spec)
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
     prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
-    with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log) as backend:
+    prompt_tokens = max(map(len, prompts), default=0)
+    with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log, prompt_tokens=prompt_tokens) as backend:
         return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, seed=seed)

@@ -70,7 +70,7 @@ class CardInputs:
     weights_bytes: int = 0
     fitness_log_bytes: int = 0
     checkpoint_bytes: int = 0
-    weights_dtype: str = ""
+    weights_dtype: str = ""  # of the exported weights, e.g. "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,7 @@ def render_model_card(inp: CardInputs) -> str:
         wall_clock=human_seconds(sum(float(m.get("time/step", 0.0) or 0.0) for m in done)),
         tokens=f"{sum(int(m.get('new_tokens', 0) or 0) for m in done):,}",
         description=cfg.description,
-        weights_dtype=inp.weights_dtype or cfg.dtype, weights_size=human_bytes(inp.weights_bytes),
+        weights_dtype=inp.weights_dtype, weights_size=human_bytes(inp.weights_bytes),
         replayed=inp.source == "replay",
         hyperparameters=_hyperparameters(cfg),
         load_id=inp.repo_id or "path/to/this/folder",

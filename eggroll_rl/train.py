@@ -38,9 +38,10 @@ from transformers import AutoTokenizer
 from .backends import make_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RecipeConfig
-from .data import prompt_ids, rows_for_step
+from .data import longest_prompt, prompt_ids, rows_for_step
 from .es import EggrollES
 from .evaluation import evaluate
+from .memory import TreeMemory
 from .params import load_tensors
 from .prepare import prepare
 from .progress import TrainProgress
@@ -80,11 +81,12 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
         run.truncate_logs(start if latest is not None else None)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    backend = make_backend(cfg, model_dir, targets, engine_log=run / ENGINE_LOG)
+    eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
+    prompt_tokens = max([longest_prompt(tokenizer, inputs.train_rows, cfg.data), *map(len, eval_prompts)])
+    backend = make_backend(cfg, model_dir, targets, engine_log=run / ENGINE_LOG, prompt_tokens=prompt_tokens)
     try:
         if start:
             backend.load_weights(master)
-        eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
 
         def run_eval(step: int) -> dict:
             result = evaluate(backend, eval_prompts, inputs.eval_rows, gen, reward_fn)
@@ -93,7 +95,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
             return record
 
         progress = TrainProgress(steps, start, console=console)
-        with progress:
+        with progress, TreeMemory() as memory:
             if cfg.train.eval_every and start == 0:
                 progress.update(eval=run_eval(0))
             for step in range(start, steps):
@@ -138,6 +140,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                     "time/update": t_push - t_update,
                     "time/push": t_end - t_push,
                     "time/step": t_end - t0,
+                    **memory.metrics(),
                 }
                 run.append(METRICS, record)
                 run.append(FITNESS, {"step": step, "fitness": fitness.tolist()})

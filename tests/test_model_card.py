@@ -146,7 +146,7 @@ def test_pipes_in_target_regexes_stay_escaped_in_the_table(base_dir):
 def test_hyperparameters_usage_and_reproduction(base_dir):
     es = {"population": 8, "sigma": 0.05, "optimizer": "adam", "lr": 0.02, "lr_schedule": "cosine", "weight_decay": 0.01}
     _, body = split(card(base_dir, es=es, repo_id="me/gsm8k-eggroll", weights_bytes=2_500_000,
-                         fitness_log_bytes=1_200, checkpoint_bytes=7_500_000))
+                         fitness_log_bytes=1_200, checkpoint_bytes=7_500_000, weights_dtype="float32"))
     assert table_row(body, "population (mirrored pairs)") == "| population (mirrored pairs) | 8 (4) |"
     assert table_row(body, "learning rate") == "| learning rate | 0.02 (gradient convention), cosine → ×0.1 |"
     assert table_row(body, "optimizer") == "| optimizer | adam, betas (0.9, 0.999), weight decay 0.01 |"

@@ -72,3 +72,32 @@ def test_hooks_are_inactive_outside_population_generation(backend, prompts):
         backend.generate(prompts[:1], GenerationConfig(max_new_tokens=2), NoiseSpec(0, 0, 0.5, 1), [0])
         b = backend.model(ids).logits
     assert torch.equal(a, b)
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
+    from eggroll_rl import backends
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
+    plain = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
+    assert backends.cpu_has_native_bf16(amx) and not backends.cpu_has_native_bf16(plain)
+    assert backends.cpu_has_native_bf16("flags : avx512_bf16\n")
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    assert backends.resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    assert backends.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert backends.resolve_dtype("float32", "cpu") == "float32"  # an explicit choice stands
+
+
+def test_kv_cache_is_sized_from_the_recipes_batches(tiny_model_dir):
+    from eggroll_rl.backends import rows_per_call
+    from eggroll_rl.backends.vllm_engine import kv_cache_bytes
+    from eggroll_rl.config import load_config
+
+    per_token = 2 * 2 * 1 * 32 * 2  # K and V, 2 layers, 1 KV head, head_dim 32, bf16
+    # 300 rows of 90 tokens: 256 in flight (vLLM's CPU max_num_seqs), one 128-token block each
+    assert kv_cache_bytes(tiny_model_dir, "bfloat16", 300, 90) == 256 * 128 * per_token
+    assert kv_cache_bytes(tiny_model_dir, "float32", 10, 200) == 10 * 256 * per_token * 2
+    # never less than one sequence of the model's full length (512 positions here)
+    assert kv_cache_bytes(tiny_model_dir, "bfloat16", 1, 10) == 512 * per_token
+    cfg = load_config(None, ["model=x", "data.path=x.jsonl", "es.population=32", "es.prompts_per_step=16", "data.eval_size=200"])
+    assert rows_per_call(cfg) == 512

@@ -3,33 +3,77 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+import torch
 
 from ..config import RecipeConfig
 from .base import Backend, Rollout
+
+
+# /proc/cpuinfo flags of a CPU that computes bf16 natively (Intel AMX, AVX512-BF16, Zen 4+).
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None = None) -> Backend:
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True if this CPU's flags (Linux /proc/cpuinfo) include a native bf16 instruction set."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no way to tell, the safe choice is fp32
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_dtype(dtype: str, device: str = "auto") -> str:
+    """The engine dtype for `dtype` (a recipe's `dtype`, maybe "auto") on this machine."""
+    if dtype != "auto":
+        return dtype
+    if device != "cpu" and torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def rows_per_call(cfg: RecipeConfig) -> int:
+    """The most rows one generate call of the recipe asks for: a step's population or an eval."""
+    per_step = cfg.es.population * cfg.es.prompts_per_step
+    return max(per_step, cfg.data.eval_size) * cfg.generation.samples_per_prompt
+
+
+def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None = None,
+                 prompt_tokens: int = 0) -> Backend:
     """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch. An engine
-    running in processes of its own (vLLM) writes their output to `engine_log` when given."""
+    running in processes of its own (vLLM) writes their output to `engine_log` when given.
+    `prompt_tokens`: the longest prompt it will see, which sizes vLLM's KV cache on CPU."""
     kind = cfg.backend
     if kind == "auto":
         kind = "vllm" if vllm_available() else "torch"
+    dtype = resolve_dtype(cfg.dtype, cfg.device)
     # Each engine's module is imported only when chosen (vLLM takes seconds to import).
     if kind == "vllm":
         from .vllm_backend import VLLMBackend
+        from .vllm_engine import CPU_MAX_NUM_SEQS, kv_cache_bytes
 
+        options = dict(cfg.vllm)
+        # On CPU, a KV cache the size of the recipe's batches (an explicit option or the
+        # VLLM_CPU_KVCACHE_SPACE variable still wins); a GPU sizes it by memory utilization.
+        if not torch.cuda.is_available() and "kv_cache_memory_bytes" not in options and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            tokens = prompt_tokens + cfg.generation.max_new_tokens
+            options["kv_cache_memory_bytes"] = kv_cache_bytes(
+                model_dir, dtype, rows_per_call(cfg), tokens, int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS)))
         return VLLMBackend(
             model_dir, targets, rank=cfg.es.rank, population=cfg.es.population,
-            dtype=cfg.dtype, seed=cfg.seed, engine_options=cfg.vllm, engine_log=engine_log,
+            dtype=dtype, seed=cfg.seed, engine_options=options, engine_log=engine_log,
         )
     from .torch_backend import TorchBackend
 
-    return TorchBackend(model_dir, targets, dtype=cfg.dtype, device=cfg.device)
+    return TorchBackend(model_dir, targets, dtype=dtype, device=cfg.device)
 
 
 __all__ = ["Backend", "Rollout", "make_backend", "vllm_available"]

@@ -7,6 +7,7 @@ checked for the versions in SUPPORTED_VLLM; everything here is about the engine 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,6 +24,12 @@ _SUPPORTED_RANGE = ((0, 32), (0, 33))  # [low, high) on (major, minor)
 
 # Ranks vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+# vLLM 0.32's CPU defaults: KV blocks of 128 tokens, at most 256 sequences in flight (LLM class).
+CPU_BLOCK_SIZE = 128
+CPU_MAX_NUM_SEQS = 256
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
 
 class VLLMVersionError(ConfigError):
@@ -67,12 +74,15 @@ def vllm_lora_rank(rank: int) -> int:
 
 
 def set_engine_env(engine_kwargs: dict) -> None:
-    """Environment for the engine processes; never overrides what the user set."""
+    """Environment for the engine processes, and a KV cache size on CPU when the caller gave
+    none (make_backend sizes it from the recipe; this is the fallback for direct use: vLLM's own
+    CPU default is most of the machine's memory); never overrides what the user set."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
+    if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        engine_kwargs.setdefault("kv_cache_memory_bytes", DEFAULT_CPU_KV_CACHE_BYTES)
     # The engine core in this process: every request of a generate call is queued before
     # the first step, so batches (and bf16 numerics with them) do not depend on how fast
     # requests reach a separate engine process. Measured: 3 of 3 runs of the quickstart's
@@ -89,6 +99,22 @@ def set_engine_env(engine_kwargs: dict) -> None:
     if len(cpus) <= 8 and int(engine_kwargs.get("tensor_parallel_size", 1)) == 1:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+def kv_cache_bytes(model_dir: Path, dtype: str, rows: int, tokens_per_row: int, max_num_seqs: int = CPU_MAX_NUM_SEQS) -> int:
+    """KV cache that holds every sequence vLLM keeps in flight at once (the rows of a generate
+    call, up to max_num_seqs), each rounded up to whole blocks, and at least one sequence of the
+    model's full length (vLLM refuses to start with less). On CPU the default is a fixed share of
+    the machine's memory instead, of which a small model's population uses a fraction."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = config.get("text_config", config)
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    per_token = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * DTYPE_BYTES[dtype]
+    blocks_per_row = -(-tokens_per_row // CPU_BLOCK_SIZE)
+    full_length = config.get("max_position_embeddings", tokens_per_row)
+    tokens = max(min(rows, max_num_seqs) * blocks_per_row * CPU_BLOCK_SIZE, -(-full_length // CPU_BLOCK_SIZE) * CPU_BLOCK_SIZE)
+    return tokens * per_token
 
 
 @contextmanager
