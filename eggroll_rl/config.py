@@ -40,8 +40,10 @@ class DataConfig:
     eval_split: str | None = None
     eval_size: int = 64
     # Dataset columns holding the question and the gold answer.
+    # A dataset in TRL's formats needs neither: its `prompt` column (text, or a list of chat
+    # messages) is the question when `question_field` is absent.
     question_field: str = "question"
-    answer_field: str = "answer"
+    answer_field: str | None = "answer"  # null: no gold answer (the rewards read other columns)
     # Python format string applied to the question; `{question}` is the question text.
     prompt_template: str = "{question}"
     system_prompt: str | None = None

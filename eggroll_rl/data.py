@@ -22,6 +22,7 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 TASK_PREFIX = "reasoning_gym:"
 MBPP_PREFIX = "mbpp:"  # mbpp:<local MBPP-format .jsonl>
 HUMANEVAL = "humaneval"
+TRL_PROMPT = "prompt"  # the prompt column of TRL's standard and conversational dataset formats
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,19 @@ def _unreadable(path: Path, exc: Exception) -> str:
 
 
 def _normalize(rows: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
+    """Every row gets `question` and `answer` from the recipe's fields (a TRL-format dataset's
+    `prompt` column stands in for a missing question field)."""
     if not rows:
         raise ConfigError(f"data.path: '{cfg.path}' has no rows")
-    for field_name, key in ((cfg.question_field, "data.question_field"), (cfg.answer_field, "data.answer_field")):
-        if field_name not in rows[0]:
-            raise ConfigError(f"{key}: column '{field_name}' not in {cfg.path}; columns are {sorted(rows[0])}")
-    return [{**r, "question": r[cfg.question_field], "answer": str(r[cfg.answer_field])} for r in rows]
+    question_field = cfg.question_field
+    if question_field not in rows[0] and TRL_PROMPT in rows[0]:
+        question_field = TRL_PROMPT
+    for field_name, key in ((question_field, "data.question_field"), (cfg.answer_field, "data.answer_field")):
+        if field_name is not None and field_name not in rows[0]:
+            raise ConfigError(f"{key}: column '{field_name}' not in {cfg.path}; columns are {sorted(rows[0])}"
+                              + ("; data.answer_field=null if the rewards need no gold answer" if key == "data.answer_field" else ""))
+    return [{**r, "question": r[question_field],
+             "answer": None if cfg.answer_field is None else str(r[cfg.answer_field])} for r in rows]
 
 
 def load_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -144,8 +152,25 @@ def rows_for_step(rows: list[dict[str, Any]], step: int, count: int, seed: int) 
     return out
 
 
-def prompt_ids(tokenizer, question: str, cfg: DataConfig) -> list[int]:
-    """Token ids of one prompt: template, optional system prompt, chat template when asked."""
+def is_conversational(question: Any) -> bool:
+    """A prompt given as chat messages (TRL's conversational format), not as text."""
+    return isinstance(question, list) and all(isinstance(m, dict) and "role" in m for m in question)
+
+
+def reward_prompt(question: Any, cfg: DataConfig) -> str | list[dict[str, str]]:
+    """The prompt as reward functions receive it (TRL's `prompts=`): the formatted text, or the
+    chat messages of a conversational dataset."""
+    return question if is_conversational(question) else cfg.prompt_template.format(question=question)
+
+
+def prompt_ids(tokenizer, question: Any, cfg: DataConfig) -> list[int]:
+    """Token ids of one prompt: template, optional system prompt, chat template when asked.
+    A conversational question (chat messages) goes through the chat template as it is, after
+    the recipe's system prompt unless it has its own."""
+    if is_conversational(question):
+        has_system = question and question[0].get("role") == "system"
+        messages = ([] if has_system or not cfg.system_prompt else [{"role": "system", "content": cfg.system_prompt}]) + question
+        return tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
     text = cfg.prompt_template.format(question=question)
     if cfg.chat_template and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [

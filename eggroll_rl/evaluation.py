@@ -17,7 +17,7 @@ from typing import IO, Any
 from transformers import AutoTokenizer
 
 from .backends import Backend, make_backend
-from .config import GenerationConfig, RecipeConfig
+from .config import DataConfig, GenerationConfig, RecipeConfig
 from .data import prompt_ids
 from .metrics import majority_vote, mean_ci, pass_at_k
 from .prepare import prepare
@@ -90,13 +90,13 @@ def _plain(value) -> float | None:
 
 
 def evaluate(backend: Backend, prompts: list[list[int]], rows: list[dict[str, Any]], gen: GenerationConfig,
-             reward_fn: CombinedReward, seed: int = 0) -> EvalResult:
+             reward_fn: CombinedReward, data: DataConfig, seed: int = 0) -> EvalResult:
     """Score the engine's current base weights on `rows`: greedy when `gen.samples_per_prompt`
     is 1 (training's sampling temperature is not used for evals), else k seeded samples."""
     if gen.samples_per_prompt == 1:
         gen = dataclasses.replace(gen, temperature=0.0)
     rollout = backend.generate(prompts, gen, None, (), seed=seed)
-    scores = score_rollout(rollout.texts, rows, reward_fn)
+    scores = score_rollout(rollout.texts, rows, reward_fn, data)
     return EvalResult(
         scores=scores,
         rows=rows,
@@ -113,4 +113,4 @@ def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0, engine_log
     prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
     prompt_tokens = max(map(len, prompts), default=0)
     with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log, prompt_tokens=prompt_tokens) as backend:
-        return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, seed=seed)
+        return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, cfg.data, seed=seed)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RewardSpec
-from .data import columns
+from .config import ConfigError, DataConfig, RewardSpec
+from .data import columns, is_conversational, reward_prompt
 from .rewards import CombinedReward, combine_rewards
 
 
@@ -19,13 +19,18 @@ class Scores:
     completions: list[str]  # flat, member-major then prompt then sample
 
 
-def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], reward_fn: CombinedReward) -> Scores:
-    """Grade texts[member][prompt][sample] against the prompts' rows with `reward_fn`
-    (a `rewards.CombinedReward`)."""
+def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], reward_fn: CombinedReward,
+                  data: DataConfig) -> Scores:
+    """Grade texts[member][prompt][sample] against the prompts' rows with `reward_fn`, called
+    as TRL calls reward functions: ``prompts=``, ``completions=`` (chat messages when the
+    dataset is conversational), ``completion_ids=`` (None: the text is what is graded) and every
+    dataset column, all as keyword lists aligned with the completions."""
     members, prompts, samples = len(texts), len(texts[0]), len(texts[0][0])
     flat = [t for per_member in texts for per_prompt in per_member for t in per_prompt]
     row_of = [rows[p] for _ in range(members) for p in range(prompts) for _ in range(samples)]
-    total, per_reward = reward_fn(flat, **columns(row_of))
+    asked = [reward_prompt(r["question"], data) for r in row_of]
+    completions = [[{"role": "assistant", "content": t}] if is_conversational(q) else t for t, q in zip(flat, asked)]
+    total, per_reward = reward_fn(completions, prompts=asked, completion_ids=None, **columns(row_of))
     shape = (members, prompts, samples)
 
     def as_tensor(values: list[float | None]) -> torch.Tensor:

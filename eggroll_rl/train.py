@@ -89,7 +89,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
             backend.load_weights(master)
 
         def run_eval(step: int) -> dict:
-            result = evaluate(backend, eval_prompts, inputs.eval_rows, gen, reward_fn)
+            result = evaluate(backend, eval_prompts, inputs.eval_rows, gen, reward_fn, cfg.data)
             record = {"step": step, **result.summary()}
             run.append(EVALS, record)
             return record
@@ -108,7 +108,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 rollout = backend.generate(prompts, gen, noise, range(es_cfg.population), seed=step_seed(cfg.seed, step))
                 # 3. reward, 4. shape: rewards[member, prompt] (mean over samples) -> fitness[member].
                 t_reward = time.perf_counter()
-                scores = score_rollout(rollout.texts, rows, reward_fn)
+                scores = score_rollout(rollout.texts, rows, reward_fn, cfg.data)
                 rewards = scores.total.mean(dim=2)
                 fitness = es.shape(rewards)
                 # 5. tell: the ES update, applied in place to the fp32 master weights.

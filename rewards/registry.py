@@ -13,6 +13,8 @@ import difflib
 import importlib
 import logging
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 RewardFn = Callable[..., list]
@@ -66,12 +68,17 @@ def get_reward(spec: str) -> RewardFn:
             "or give a user function as 'module.path:function'"
         )
     module_name, _, attr = spec.partition(":")
+    # `python -m` and the REPL import from the current folder, the `eggroll-rl` console script
+    # does not (its sys.path[0] is the venv's bin): look there last, so that a local file never
+    # shadows an installed package.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is a bad spec
         raise ValueError(
             f"reward {spec!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); "
-            "make it importable (install it or run from the directory that contains it)"
+            "make it importable (install it, or run from the folder that contains it)"
         ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -111,7 +118,7 @@ class CombinedReward:
     ) -> tuple[list[float], dict[str, list[float | None]]]:
         raw: dict[str, list[float | None]] = {}
         for name, fn in zip(self.names, self.fns):
-            values = list(fn(completions, **columns))
+            values = list(fn(completions=completions, **columns))  # all by keyword, as TRL calls them
             if len(values) != len(completions):
                 raise ValueError(
                     f"reward {name!r} returned {len(values)} values for {len(completions)} "
