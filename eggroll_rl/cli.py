@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import traceback
@@ -9,9 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 from rich.table import Table
 
-from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict
+from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict, to_dict
 from .export_cli import export
 from .recipes import shipped
 from .run_dir import EVALS, RunDir
@@ -38,6 +40,7 @@ def train(
     recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file or shipped recipe name (see `eggroll-rl recipes`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides with dot paths, e.g. es.sigma=0.002"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the engine's own output live (default: RUN/engine.log)."),
 ) -> None:
     """Train a model with EGGROLL on a recipe."""
     overrides = list(overrides or [])
@@ -65,7 +68,7 @@ def train(
         from .train import train as run_training  # torch, transformers: after the recipe is checked
 
         quiet_libraries()
-        final = run_training(cfg, run, resume=resume is not None, console=console)
+        final = run_training(cfg, run, resume=resume is not None, console=console, verbose=verbose)
     except KeyboardInterrupt:
         fail(f"interrupted; continue with: eggroll-rl train --resume {run}", 130)
     except ConfigError as exc:
@@ -123,6 +126,7 @@ def eval_(
     compare: Optional[str] = typer.Option(None, "--compare", help="A second model (e.g. the base) scored on the same prompts."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSONL file for every completion and its rewards."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the engine's own output live (default: OUT.engine.log)."),
 ) -> None:
     """Score a model on a recipe's held-out set with the training grader: accuracy, pass@k, maj@k."""
     overrides = list(overrides or [])
@@ -144,7 +148,7 @@ def eval_(
         fail(str(exc), 2)
 
     out = out or Path(cfg.output_dir) / "eval" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    engine_log = out.with_suffix(".engine.log")
+    engine_log = None if verbose else out.with_suffix(".engine.log")
     results = []
     try:
         from .evaluation import evaluate_model  # torch, transformers: after the recipe is checked
@@ -160,7 +164,7 @@ def eval_(
         fail("interrupted; nothing was written", 130)
     except Exception as exc:  # an engine that died, an unwritable output folder, ...
         first = (str(exc).strip().splitlines() or [""])[0]
-        where = f" (engine output in {engine_log})" if engine_log.is_file() else ""
+        where = f" (engine output in {engine_log})" if engine_log is not None and engine_log.is_file() else ""
         fail(f"eval stopped: {type(exc).__name__}: {first}{where}", 1)
     with out.open("w") as f:
         for spec, result in results:
@@ -173,14 +177,67 @@ def eval_(
     console.print(f"completions: {out}")
 
 
-@app.command()
-def recipes() -> None:
+recipes_app = typer.Typer(help="The shipped recipes: list them, show one resolved, copy one to start your own.")
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
+def recipes(ctx: typer.Context) -> None:
     """List the shipped recipes with a one-line description each."""
+    if ctx.invoked_subcommand is not None:
+        return
     table = Table("recipe", "description", "model")
     for name, path in shipped().items():
         data = load_recipe_dict(path)
         table.add_row(name, str(data.get("description", "")), str(data.get("model", "")))
     console.print(table)
+
+
+def _shipped_or_fail(name: str) -> Path:
+    path = recipe_path(name)
+    if not path.is_file():
+        fail(f"recipe '{name}' not found; the shipped ones are: {', '.join(shipped())}", 2)
+    return path
+
+
+@recipes_app.command("show")
+def recipes_show(
+    name: str = typer.Argument(..., help="A shipped recipe name or a recipe file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides to apply first."),
+) -> None:
+    """Print the recipe fully resolved: every setting, defaults included, as YAML."""
+    try:
+        cfg = load_config(_shipped_or_fail(name), list(overrides or []))
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    console.print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True).rstrip(), markup=False)
+
+
+@recipes_app.command("cp")
+def recipes_cp(
+    name: str = typer.Argument(..., help="A shipped recipe name."),
+    dest: Path = typer.Argument(..., help="Where to write your copy (a .yaml file)."),
+    force: bool = typer.Option(False, "--force", help="Replace DEST if it exists."),
+) -> None:
+    """Copy a shipped recipe (with its comments) to start your own; its data files come along."""
+    source = _shipped_or_fail(name)
+    if dest.suffix not in (".yaml", ".yml"):
+        fail(f"{dest}: give a .yaml file name", 2)
+    if dest.exists() and not force:
+        fail(f"{dest} exists; pass --force to replace it, or choose another name", 2)
+    # Data files the recipe names relative to itself come along, to the same relative place.
+    data = load_recipe_dict(source).get("data") or {}
+    files = [value for value in (data.get("path"), data.get("eval_split"))
+             if isinstance(value, str) and not Path(value).is_absolute() and (source.parent / value).is_file()]
+    clash = [f for f in files if (dest.parent / f).exists() and not force]
+    if clash:
+        fail(f"{dest.parent / clash[0]} exists; pass --force to replace it, or copy to another folder", 2)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (dest.parent / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.parent / f, dest.parent / f)
+    shutil.copyfile(source, dest)
+    console.print(f"wrote {dest}; train it with: eggroll-rl train {dest}")
 
 
 app.command()(export)  # export, model card, hub push, replay: its own module (export_cli.py)

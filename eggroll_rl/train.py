@@ -54,8 +54,9 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=4).digest(), "little")
 
 
-def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console | None = None) -> Path:
-    """Run (or continue) the recipe `cfg` in `run`; return the final checkpoint folder."""
+def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console | None = None, verbose: bool = False) -> Path:
+    """Run (or continue) the recipe `cfg` in `run`; return the final checkpoint folder. The engine's
+    own output goes to the run's engine.log, or to the console when `verbose`."""
     es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
 
     # Data, rewards, model: everything that can fail on bad input fails here, before the run
@@ -83,7 +84,8 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
     prompt_tokens = max([longest_prompt(tokenizer, inputs.train_rows, cfg.data), *map(len, eval_prompts)])
-    backend = make_backend(cfg, model_dir, targets, engine_log=run / ENGINE_LOG, prompt_tokens=prompt_tokens)
+    engine_log = None if verbose else run / ENGINE_LOG
+    backend = make_backend(cfg, model_dir, targets, engine_log=engine_log, prompt_tokens=prompt_tokens)
     try:
         if start:
             backend.load_weights(master)

@@ -49,7 +49,7 @@ def rows_per_call(cfg: RecipeConfig) -> int:
 def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None = None,
                  prompt_tokens: int = 0) -> Backend:
     """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch. An engine
-    running in processes of its own (vLLM) writes their output to `engine_log` when given.
+    (vLLM) writes what it prints, and its log, to `engine_log` when given (None: the console).
     `prompt_tokens`: the longest prompt it will see, which sizes vLLM's KV cache on CPU."""
     kind = cfg.backend
     if kind == "auto":
@@ -57,8 +57,7 @@ def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_
     dtype = resolve_dtype(cfg.dtype, cfg.device)
     # Each engine's module is imported only when chosen (vLLM takes seconds to import).
     if kind == "vllm":
-        from .vllm_backend import VLLMBackend
-        from .vllm_engine import CPU_MAX_NUM_SEQS, kv_cache_bytes
+        from .vllm_engine import CPU_MAX_NUM_SEQS, kv_cache_bytes, output_to, route_engine_logs
 
         options = dict(cfg.vllm)
         # On CPU, a KV cache the size of the recipe's batches (an explicit option or the
@@ -67,10 +66,18 @@ def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_
             tokens = prompt_tokens + cfg.generation.max_new_tokens
             options["kv_cache_memory_bytes"] = kv_cache_bytes(
                 model_dir, dtype, rows_per_call(cfg), tokens, int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS)))
-        return VLLMBackend(
-            model_dir, targets, rank=cfg.es.rank, population=cfg.es.population,
-            dtype=dtype, seed=cfg.seed, engine_options=options, engine_log=engine_log,
-        )
+        # Importing and starting vLLM prints dozens of lines (per-tensor dtype notes, Triton,
+        # deprecations): they belong in the engine log, not on the console.
+        with output_to(engine_log):
+            from .vllm_backend import VLLMBackend
+
+            backend = VLLMBackend(
+                model_dir, targets, rank=cfg.es.rank, population=cfg.es.population,
+                dtype=dtype, seed=cfg.seed, engine_options=options, engine_log=engine_log,
+            )
+        if engine_log is not None:
+            route_engine_logs(engine_log)
+        return backend
     from .torch_backend import TorchBackend
 
     return TorchBackend(model_dir, targets, dtype=dtype, device=cfg.device)

@@ -8,6 +8,7 @@ checked for the versions in SUPPORTED_VLLM; everything here is about the engine 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -140,6 +141,25 @@ def output_to(path: Path | None) -> Iterator[None]:
             os.dup2(old, fd)
             os.close(old)
         os.close(log)
+
+
+class _EngineLogHandler(logging.FileHandler):
+    """Marks the handler route_engine_logs adds, so that a later engine replaces it."""
+
+
+def route_engine_logs(path: Path) -> None:
+    """From now on vLLM's logger writes to `path` instead of the console (its messages at the
+    first generate call, e.g. deprecations, are nothing a user of eggroll-rl can act on)."""
+    logger = logging.getLogger("vllm")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _EngineLogHandler) or type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+            if isinstance(handler, _EngineLogHandler):
+                handler.close()
+    handler = _EngineLogHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def shutdown_llm(llm) -> None:

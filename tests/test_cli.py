@@ -1,0 +1,52 @@
+"""The CLI as a user meets it: shipped recipes to show and copy, and a quiet console."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from eggroll_rl.cli import app
+from eggroll_rl.config import from_dict, load_config, to_dict
+
+runner = CliRunner()
+
+
+def test_recipes_show_prints_every_setting_resolved():
+    result = runner.invoke(app, ["recipes", "show", "quickstart", "es.lr=0.25"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["es"]["lr"] == 0.25 and "adam_betas" in shown["es"]  # a default the recipe never names
+    assert from_dict(shown) == load_config(Path(__file__).parent.parent / "recipes" / "quickstart.yaml", ["es.lr=0.25"])
+
+
+def test_recipes_cp_copies_the_recipe_and_its_data(tmp_path):
+    dest = tmp_path / "mine" / "smoke.yaml"
+    assert runner.invoke(app, ["recipes", "cp", "tiny", str(dest)]).exit_code == 0
+    assert (dest.parent / "data" / "gsm8k_mini.jsonl").is_file()
+    assert "# A random model never solves math" in dest.read_text()  # comments kept
+    assert to_dict(load_config(dest))["data"]["path"] == str((dest.parent / "data" / "gsm8k_mini.jsonl").resolve())
+    again = runner.invoke(app, ["recipes", "cp", "tiny", str(dest)])
+    assert again.exit_code == 2 and "--force" in again.output
+    missing = runner.invoke(app, ["recipes", "cp", "nope", str(tmp_path / "x.yaml")])
+    assert missing.exit_code == 2 and "shipped ones are: gsm8k, humaneval, quickstart, tiny" in missing.output
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_vllm_run_keeps_engine_chatter_off_the_console(tmp_path):
+    pytest.importorskip("vllm")
+    cli = Path(sys.executable).parent / "eggroll-rl"
+    out = subprocess.run([str(cli), "train", "tiny", "backend=vllm", "train.steps=1", f"output_dir={tmp_path}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    console = out.stdout + out.stderr
+    for chatter in ("WARNING", "Attempted to load weight", "Triton", "INFO"):
+        assert chatter not in console, [line for line in console.splitlines() if chatter in line][:3]
+    assert "done: final checkpoint" in console
+    assert "WARNING" in (tmp_path / "tiny" / "engine.log").read_text()  # the chatter went here
