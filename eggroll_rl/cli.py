@@ -41,9 +41,12 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides with dot paths, e.g. es.sigma=0.002"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the engine's own output live (default: RUN/engine.log)."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="Trackers, comma-separated: tensorboard, wandb, trackio, mlflow, none."),
 ) -> None:
     """Train a model with EGGROLL on a recipe."""
     overrides = list(overrides or [])
+    if report_to is not None:
+        overrides.append(f"report_to=[{report_to}]")
     if recipe is not None and "=" in recipe and not Path(recipe).is_file():
         overrides.insert(0, recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         recipe = None
@@ -118,8 +121,8 @@ def add_difference_row(table: Table, before: dict, after: dict) -> None:
 
 @app.command("eval")
 def eval_(
-    model: str = typer.Argument(..., help="Alias, local folder, hub id, run directory or checkpoint."),
-    recipe: Optional[str] = typer.Argument(None, help="Recipe for data, prompt, generation and rewards (default: the run's own)."),
+    model: str = typer.Argument(..., help="Alias, local folder, hub id, run directory, checkpoint or PEFT adapter (folder or hub id)."),
+    recipe: Optional[str] = typer.Argument(None, help="Recipe (or a run directory: its recipe) for data, prompt, generation and rewards (default: the run's own)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. data.eval_size=200"),
     samples: int = typer.Option(1, "--samples", "-k", help="Samples per prompt: 1 = greedy accuracy; k > 1 adds pass@k and maj@k."),
     temperature: float = typer.Option(0.7, help="Sampling temperature when --samples > 1."),
@@ -138,10 +141,10 @@ def eval_(
     if samples > 1:
         overrides += [f"generation.samples_per_prompt={samples}", f"generation.temperature={temperature}"]
     try:
-        if recipe is None:
-            if not RunDir.holds_run(model):
-                fail(f"missing RECIPE: {model} is not a run directory with a config.yaml; e.g. `eggroll-rl eval {model} quickstart`", 2)
-            cfg = RunDir(model).load_config(overrides)
+        if recipe is None and not RunDir.holds_run(model):
+            fail(f"missing RECIPE: {model} is not a run directory with a config.yaml; e.g. `eggroll-rl eval {model} quickstart`", 2)
+        if recipe is None or RunDir.holds_run(recipe):  # a run directory's saved recipe
+            cfg = RunDir(recipe or model).load_config(overrides)
         else:
             cfg = load_config(recipe_path(recipe), overrides)
     except ConfigError as exc:

@@ -27,6 +27,16 @@ class ConfigError(ValueError):
     """A recipe problem, explained in one line."""
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"es": {"lr": 1}} -> {"es.lr": 1}: nested settings as dot paths."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
 @dataclass
 class DataConfig:
     """Where prompts and gold answers come from."""
@@ -119,6 +129,8 @@ class TrainConfig:
     checkpoint_every: int = 10  # 0 = only the final checkpoint
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
     log_samples: int = 4  # completions written to samples.jsonl per step
+    # Every N steps, the step's completions go to the trackers as a table (0 = never).
+    log_completions_every: int = 10
 
 
 @dataclass
@@ -143,6 +155,8 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # Engine options for the vLLM backend (gpu_memory_utilization, max_model_len, ...).
     vllm: dict[str, Any] = field(default_factory=dict)
+    # Experiment trackers mirroring the run's logs: any of TRACKERS, or none (tracking.py).
+    report_to: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------
@@ -383,6 +397,9 @@ def validate(cfg: RecipeConfig) -> None:
     need(bool(cfg.rewards), "rewards: empty; give at least one reward, e.g. [math_accuracy]")
     for i, r in enumerate(cfg.rewards):
         need(bool(r.name), f"rewards[{i}].name: missing; give a registered reward or module:function")
+    bad = [t for t in cfg.report_to if t.strip().lower() not in (*TRACKERS, "none")]
+    need(not bad, f"report_to: unknown tracker {bad[0]!r}; choose from {', '.join(TRACKERS)} or none" if bad else "")
+    need(train.log_completions_every >= 0, f"train.log_completions_every: got {train.log_completions_every}; expected an integer >= 0")
     if cfg.dtype == "float16" and cfg.device == "cpu":
         raise ConfigError("dtype: float16 is not supported on CPU; use float32 or bfloat16")
     try:

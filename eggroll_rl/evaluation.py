@@ -22,7 +22,7 @@ from .data import prompt_ids
 from .metrics import majority_vote, mean_ci, pass_at_k
 from .prepare import prepare
 from .rewards import CombinedReward, extract_final_answer
-from .scoring import Scores, score_rollout
+from .scoring import Scores, missing_as_none, score_rollout
 
 
 @dataclass
@@ -80,13 +80,8 @@ class EvalResult:
                 "question": self.rows[p]["question"], "answer": self.rows[p]["answer"],
                 "completion": completion,
                 "reward": float(self.scores.total[0, p, s]),
-                **{k: _plain(v[0, p, s]) for k, v in self.scores.per_reward.items()},
+                **{k: missing_as_none(v[0, p, s]) for k, v in self.scores.per_reward.items()},
             }) + "\n")
-
-
-def _plain(value) -> float | None:
-    value = float(value)
-    return None if value != value else value
 
 
 def evaluate(backend: Backend, prompts: list[list[int]], rows: list[dict[str, Any]], gen: GenerationConfig,

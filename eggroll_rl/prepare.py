@@ -20,6 +20,7 @@ from .models import resolve_model
 from .params import checkpoint_shapes, select_targets
 from .rewards import CombinedReward
 from .scoring import recipe_reward
+from .tracking import check_installed
 
 
 def linear_weights(model_dir: Path) -> set[str] | None:
@@ -63,6 +64,7 @@ class RecipeInputs:
 
 def prepare(cfg: RecipeConfig, model_spec: str | None = None) -> RecipeInputs:
     """Load and check everything `cfg` names; `model_spec` replaces cfg.model (eval)."""
+    check_installed(cfg.report_to)
     train_rows, eval_rows = load_rows(cfg.data)
     reward_fn = recipe_reward(cfg.rewards)
     model_dir = resolve_model(model_spec or cfg.model)

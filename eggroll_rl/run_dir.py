@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import is_complete, read_state
-from .config import ConfigError, RecipeConfig, load_config, to_dict
+from .config import ConfigError, RecipeConfig, flatten, load_config, to_dict
 from .files import append_line, clean_stale_temporaries, remove_folder, write_text_atomic
 
 CONFIG = "config.yaml"
@@ -46,19 +46,14 @@ _UPDATES_AFTER_STEP = {METRICS: 0, SAMPLES: 0, EVALS: 0, FITNESS: 1}
 # Settings that may change when a run is resumed: they do not change what the run computes, so
 # its fitness log still replays it with the saved recipe. Anything else changes the math.
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.log_samples", "generation.max_batch_rows", "device", "description", "vllm")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
+                     "train.log_samples", "train.log_completions_every", "generation.max_batch_rows", "device",
+                     "description", "vllm", "report_to")
 
 
 def resume_change_problem(saved: RecipeConfig, new: RecipeConfig) -> str | None:
     """None if `new` (the saved recipe plus `--resume` overrides) continues the same run, else a
     one-line problem: a change to the math would make the run, and its replay, a mix of two."""
-    old, now = _flat(to_dict(saved)), _flat(to_dict(new))
+    old, now = flatten(to_dict(saved)), flatten(to_dict(new))
     changed = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
     bad = [k for k in changed if not any(k == ok or k.startswith(ok + ".") for ok in RESUMABLE_CHANGES)]
     es = saved.es

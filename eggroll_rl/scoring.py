@@ -43,6 +43,12 @@ def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], rewa
     )
 
 
+def missing_as_none(value: torch.Tensor | float) -> float | None:
+    """One reward value for JSON and tables: NaN (a missing value) becomes None."""
+    value = float(value)
+    return None if value != value else value
+
+
 def recipe_reward(reward_specs: list[RewardSpec]) -> CombinedReward:
     """The recipe's rewards combined by weight; a bad name is a one-line recipe error."""
     try:

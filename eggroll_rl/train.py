@@ -47,6 +47,7 @@ from .prepare import prepare
 from .progress import TrainProgress
 from .run_dir import ENGINE_LOG, EVALS, FITNESS, METRICS, SAMPLES, RunDir
 from .scoring import score_rollout
+from .tracking import Trackers, completions_table
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -94,10 +95,11 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
             result = evaluate(backend, eval_prompts, inputs.eval_rows, gen, reward_fn, cfg.data)
             record = {"step": step, **result.summary()}
             run.append(EVALS, record)
+            trackers.log(record, step, prefix="eval/")
             return record
 
         progress = TrainProgress(steps, start, console=console)
-        with progress, TreeMemory() as memory:
+        with progress, TreeMemory() as memory, Trackers(run, cfg) as trackers:
             if cfg.train.eval_every and start == 0:
                 progress.update(eval=run_eval(0))
             for step in range(start, steps):
@@ -146,6 +148,9 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 }
                 run.append(METRICS, record)
                 run.append(FITNESS, {"step": step, "fitness": fitness.tolist()})
+                trackers.log(record, step + 1)
+                if trackers and cfg.train.log_completions_every and (step + 1) % cfg.train.log_completions_every == 0:
+                    trackers.table("completions", *completions_table(rows, scores), step + 1)
                 for i in range(min(cfg.train.log_samples, len(scores.completions))):
                     member, prompt = divmod(i, len(rows))
                     run.append(SAMPLES, {
