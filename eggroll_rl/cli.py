@@ -180,6 +180,24 @@ def eval_(
     console.print(f"completions: {out}")
 
 
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories (several are overlaid)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the figures and report.html (default: the run's own; ./report for several)."),
+) -> None:
+    """Plots and a self-contained report.html of one or more runs: reward, held-out accuracy, time, memory."""
+    for run in runs:
+        if not RunDir.holds_run(run):
+            fail(f"{run}: not a run directory (no config.yaml); give folders written by `eggroll-rl train`", 2)
+    from .report import write_report  # matplotlib: only for this command
+
+    try:
+        path = write_report(runs, out)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    console.print(f"report: {path}")
+
+
 recipes_app = typer.Typer(help="The shipped recipes: list them, show one resolved, copy one to start your own.")
 app.add_typer(recipes_app, name="recipes")
 

@@ -45,6 +45,7 @@ from .memory import TreeMemory
 from .params import load_tensors
 from .prepare import prepare
 from .progress import TrainProgress
+from .report import write_report
 from .run_dir import ENGINE_LOG, EVALS, FITNESS, METRICS, SAMPLES, RunDir
 from .scoring import score_rollout
 from .tracking import Trackers, completions_table
@@ -96,6 +97,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
             record = {"step": step, **result.summary()}
             run.append(EVALS, record)
             trackers.log(record, step, prefix="eval/")
+            write_report([run.path])  # report.html, refreshed at each eval
             return record
 
         progress = TrainProgress(steps, start, console=console)
@@ -172,4 +174,5 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 progress.update(record=record, eval=eval_record)
     finally:
         backend.close()
+    write_report([run.path])
     return run.latest_checkpoint()

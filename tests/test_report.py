@@ -1,0 +1,51 @@
+"""`eggroll-rl report`: figures and a self-contained report.html, for one run and overlaid runs."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from eggroll_rl.cli import app
+
+from conftest import ROOT
+
+TINY = str(ROOT / "recipes" / "tiny.yaml")
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    for name, lr in (("a", "0.5"), ("b", "0.1")):
+        result = runner.invoke(app, ["train", TINY, f"es.lr={lr}", f"run_name={name}", f"output_dir={tmp}"])
+        assert result.exit_code == 0, result.output
+    return tmp
+
+
+@pytest.mark.slow
+def test_training_writes_a_self_contained_report(two_runs):
+    page = (two_runs / "a" / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    for figure in ("reward.png", "time.png", "throughput.png"):
+        assert (two_runs / "a" / figure).read_bytes().startswith(PNG)
+    assert "<td>a</td><td>3</td>" in page  # steps
+    assert "at step 0" in page and "at step 3" in page  # first and last eval
+
+
+@pytest.mark.slow
+def test_report_overlays_runs_and_names_what_differs(two_runs, tmp_path):
+    result = runner.invoke(app, ["report", str(two_runs / "a"), str(two_runs / "b"), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert "<td>a</td>" in page and "<td>b</td>" in page
+    assert "es.lr=0.5" in page and "es.lr=0.1" in page and "es.sigma" not in page
+
+
+def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run directory" in result.output
