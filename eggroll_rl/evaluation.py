@@ -91,7 +91,7 @@ def evaluate(backend: Backend, prompts: list[list[int]], rows: list[dict[str, An
     if gen.samples_per_prompt == 1:
         gen = dataclasses.replace(gen, temperature=0.0)
     rollout = backend.generate(prompts, gen, None, (), seed=seed)
-    scores = score_rollout(rollout.texts, rows, reward_fn, data)
+    scores = score_rollout(rollout, rows, reward_fn, data)
     return EvalResult(
         scores=scores,
         rows=rows,

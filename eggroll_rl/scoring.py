@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .backends.base import Rollout
 from .config import ConfigError, DataConfig, RewardSpec
 from .data import columns, is_conversational, reward_prompt
 from .rewards import CombinedReward, combine_rewards
@@ -19,18 +20,20 @@ class Scores:
     completions: list[str]  # flat, member-major then prompt then sample
 
 
-def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], reward_fn: CombinedReward,
-                  data: DataConfig) -> Scores:
-    """Grade texts[member][prompt][sample] against the prompts' rows with `reward_fn`, called
-    as TRL calls reward functions: ``prompts=``, ``completions=`` (chat messages when the
-    dataset is conversational), ``completion_ids=`` (None: the text is what is graded) and every
-    dataset column, all as keyword lists aligned with the completions."""
+def score_rollout(rollout: Rollout, rows: list[dict[str, Any]], reward_fn: CombinedReward, data: DataConfig) -> Scores:
+    """Grade the rollout's texts[member][prompt][sample] against the prompts' rows with
+    `reward_fn`, called as TRL calls reward functions: ``prompts=``, ``completions=`` (chat
+    messages when the dataset is conversational), ``completion_ids=`` (the generated token ids;
+    None from a backend that does not give them) and every dataset column, all as keyword lists
+    aligned with the completions."""
+    texts = rollout.texts
     members, prompts, samples = len(texts), len(texts[0]), len(texts[0][0])
     flat = [t for per_member in texts for per_prompt in per_member for t in per_prompt]
+    ids = [i for per_member in rollout.token_ids for per_prompt in per_member for i in per_prompt] if rollout.token_ids else None
     row_of = [rows[p] for _ in range(members) for p in range(prompts) for _ in range(samples)]
     asked = [reward_prompt(r["question"], data) for r in row_of]
     completions = [[{"role": "assistant", "content": t}] if is_conversational(q) else t for t, q in zip(flat, asked)]
-    total, per_reward = reward_fn(completions, prompts=asked, completion_ids=None, **columns(row_of))
+    total, per_reward = reward_fn(completions, prompts=asked, completion_ids=ids, **columns(row_of))
     shape = (members, prompts, samples)
 
     def as_tensor(values: list[float | None]) -> torch.Tensor:
@@ -41,6 +44,16 @@ def score_rollout(texts: list[list[list[str]]], rows: list[dict[str, Any]], rewa
         per_reward={name: as_tensor(values) for name, values in per_reward.items()},
         completions=flat,
     )
+
+
+def completion_lengths(rollout: Rollout) -> dict[str, float]:
+    """TRL's completion metrics: mean/min/max length in tokens, and the fraction cut at
+    max_new_tokens (answers that never finished); {} from a backend that gives no token ids."""
+    lengths = rollout.lengths()
+    if not lengths:
+        return {}
+    return {"completions/mean_length": sum(lengths) / len(lengths), "completions/min_length": float(min(lengths)),
+            "completions/max_length": float(max(lengths)), "completions/clipped_ratio": rollout.clipped_ratio()}
 
 
 def missing_as_none(value: torch.Tensor | float) -> float | None:

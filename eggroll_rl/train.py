@@ -47,7 +47,7 @@ from .prepare import prepare
 from .progress import TrainProgress
 from .report import write_report
 from .run_dir import ENGINE_LOG, EVALS, FITNESS, METRICS, SAMPLES, RunDir
-from .scoring import score_rollout
+from .scoring import completion_lengths, score_rollout
 from .tracking import Trackers, completions_table
 
 
@@ -114,7 +114,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 rollout = backend.generate(prompts, gen, noise, range(es_cfg.population), seed=step_seed(cfg.seed, step))
                 # 3. reward, 4. shape: rewards[member, prompt] (mean over samples) -> fitness[member].
                 t_reward = time.perf_counter()
-                scores = score_rollout(rollout.texts, rows, reward_fn, cfg.data)
+                scores = score_rollout(rollout, rows, reward_fn, cfg.data)
                 rewards = scores.total.mean(dim=2)
                 fitness = es.shape(rewards)
                 # 5. tell: the ES update, applied in place to the fp32 master weights.
@@ -139,6 +139,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                     "update_norm": stats.update_norm,
                     "grad_norm": stats.grad_norm,
                     "new_tokens": rollout.new_tokens,
+                    **completion_lengths(rollout),
                     "tokens_per_s": rollout.new_tokens / max(rollout.seconds, 1e-9),
                     "time/generate": rollout.seconds,  # includes time/population_setup
                     "time/population_setup": rollout.setup_seconds,  # factors / LoRA adapters

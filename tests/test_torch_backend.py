@@ -42,7 +42,10 @@ def test_rows_layout_and_chunking_agree(backend, prompts):
     again = backend.generate(prompts, gen, noise, range(4), seed=5)
     assert len(whole.texts) == 4 and len(whole.texts[0]) == 3 and len(whole.texts[0][0]) == 2
     assert whole.texts == again.texts  # seeded sampling is reproducible
-    assert whole.new_tokens > 0
+    assert whole.new_tokens == sum(whole.lengths()) > 0
+    assert len(whole.token_ids) == 4 and len(whole.token_ids[0][0]) == 2 and all(n <= 6 for n in whole.lengths())
+    forced = backend.generate(prompts, GenerationConfig(max_new_tokens=3, ignore_eos=True), noise, range(2))
+    assert forced.lengths() == [3] * 6 and forced.clipped_ratio() == 1.0  # every row cut at max_new_tokens
     greedy = GenerationConfig(max_new_tokens=6, max_batch_rows=5)
     chunked = backend.generate(prompts, greedy, noise, range(4)).texts
     assert chunked == backend.generate(prompts, GenerationConfig(max_new_tokens=6), noise, range(4)).texts

@@ -38,6 +38,7 @@ def test_train_tiny_recipe_writes_complete_run_dir(tmp_path):
     assert all(m["new_tokens"] > 0 and "time/generate" in m for m in metrics)
     # the trainer (torch, transformers, the model) plus its math-grading worker: well above 0.2 GB
     assert all(0.2 < m["memory/rss_gb"] <= m["memory/peak_rss_gb"] < 20 for m in metrics)
+    assert all(0 <= m["completions/clipped_ratio"] <= 1 and 0 < m["completions/mean_length"] <= 8 for m in metrics)
     assert [e["step"] for e in read_jsonl(run / "eval.jsonl")] == [0, 2, 3]
     fitness = read_jsonl(run / "fitness.jsonl")
     assert len(fitness) == 3 and all(len(f["fitness"]) == 8 for f in fitness)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from eggroll_rl.backends.base import Rollout
 from eggroll_rl.cli import app
 from eggroll_rl.config import DataConfig, load_config
 from eggroll_rl.data import load_rows, prompt_ids
@@ -33,7 +34,7 @@ def open_r1_format_reward(completions, **kwargs):
 
 def prompts_and_columns_reward(prompts, completions, **kwargs):
     """Records what TRL passes: prompts, completion_ids and the dataset's own columns."""
-    seen.update(prompts=prompts, completions=completions, kwargs=sorted(kwargs))
+    seen.update(prompts=prompts, completions=completions, kwargs=sorted(kwargs), completion_ids=kwargs["completion_ids"])
     return [float(len(p) > 0) for p in prompts]
 
 
@@ -69,7 +70,9 @@ def test_real_trl_rewards_on_conversational_data(datasets):
                "test_trl_compat:open_r1_format_reward", "test_trl_compat:prompts_and_columns_reward")
     _, rows = load_rows(cfg.data)
     answer = "<think>easy</think> The answer is $\\boxed{4}$."
-    scores = score_rollout([[[answer] for _ in rows]], rows, recipe_reward(cfg.rewards), cfg.data)  # 1 member, 1 sample
+    rollout = Rollout(texts=[[[answer] for _ in rows]], new_tokens=0, seconds=0.0,  # 1 member, 1 sample
+                      token_ids=[[[[7, 8]] for _ in rows]])
+    scores = score_rollout(rollout, rows, recipe_reward(cfg.rewards), cfg.data)
     think = scores.per_reward["trl.rewards:think_format_reward"][0, :, 0].tolist()
     accuracy = scores.per_reward["trl.rewards:accuracy_reward"][0, :, 0].tolist()
     assert think == [1.0] * len(rows)
@@ -78,6 +81,7 @@ def test_real_trl_rewards_on_conversational_data(datasets):
     assert seen["prompts"][0] == rows[0]["question"]  # conversational prompts arrive as messages
     assert seen["completions"][0] == [{"role": "assistant", "content": answer}]
     assert {"completion_ids", "solution", "answer", "question"} <= set(seen["kwargs"])
+    assert seen["completion_ids"] == [[7, 8]] * len(rows)
 
 
 @pytest.mark.slow

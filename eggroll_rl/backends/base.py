@@ -25,6 +25,18 @@ class Rollout:
     new_tokens: int  # generated tokens, all rows together
     seconds: float  # the whole call
     setup_seconds: float = 0.0  # of which: preparing the population (factors, adapters)
+    # Generated token ids of each completion (EOS included when generated), indexed like texts,
+    # and whether it was cut at max_new_tokens (no EOS, no stop string): TRL's clipped completions.
+    token_ids: list[list[list[list[int]]]] | None = None
+    clipped: list[list[list[bool]]] | None = None
+
+    def lengths(self) -> list[int]:
+        """Tokens of every completion, flat (member, prompt, sample order)."""
+        return [len(ids) for member in self.token_ids or [] for prompt in member for ids in prompt]
+
+    def clipped_ratio(self) -> float:
+        flat = [c for member in self.clipped or [] for prompt in member for c in prompt]
+        return sum(flat) / len(flat) if flat else 0.0
 
 
 class Backend(ABC):

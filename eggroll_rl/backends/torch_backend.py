@@ -94,6 +94,8 @@ class TorchBackend(Backend):
         rows = [(m, p) for m in member_list for p in range(len(prompt_ids)) for _ in range(samples)]
         chunk = gen.max_batch_rows or len(rows)
         texts: list[str] = []
+        ids: list[list[int]] = []
+        clipped: list[bool] = []
         new_tokens = 0
         setup = 0.0
         torch.manual_seed(seed)
@@ -104,19 +106,23 @@ class TorchBackend(Backend):
                 self._rows = self._row_factors(noise, [m for m, _ in part])
                 setup += time.perf_counter() - t
             try:
-                out_texts, n = self._generate_rows([prompt_ids[p] for _, p in part], gen)
+                out_texts, out_ids, out_clipped = self._generate_rows([prompt_ids[p] for _, p in part], gen)
             finally:
                 self._rows = None
             texts += out_texts
-            new_tokens += n
-        nested = [
-            [texts[(mi * len(prompt_ids) + p) * samples : (mi * len(prompt_ids) + p + 1) * samples]
-             for p in range(len(prompt_ids))]
-            for mi in range(len(member_list))
-        ]
-        return Rollout(texts=nested, new_tokens=new_tokens, seconds=time.perf_counter() - start, setup_seconds=setup)
+            ids += out_ids
+            clipped += out_clipped
+            new_tokens += sum(map(len, out_ids))
 
-    def _generate_rows(self, prompts: list[list[int]], gen: GenerationConfig) -> tuple[list[str], int]:
+        def nest(flat: list) -> list:
+            per_prompt = [flat[i : i + samples] for i in range(0, len(flat), samples)]
+            return [per_prompt[i : i + len(prompt_ids)] for i in range(0, len(per_prompt), len(prompt_ids))]
+
+        return Rollout(texts=nest(texts), new_tokens=new_tokens, seconds=time.perf_counter() - start,
+                       setup_seconds=setup, token_ids=nest(ids), clipped=nest(clipped))
+
+    def _generate_rows(self, prompts: list[list[int]], gen: GenerationConfig) -> tuple[list[str], list[list[int]], list[bool]]:
+        """(texts, generated ids up to EOS, cut at max_new_tokens) of one batch of rows."""
         tok = self.tokenizer
         width = max(len(p) for p in prompts)
         pad = tok.pad_token_id
@@ -140,13 +146,17 @@ class TorchBackend(Backend):
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, width:]
         eos = kwargs["eos_token_id"]
         eos_ids = set() if gen.ignore_eos else set(eos if isinstance(eos, list) else [eos])
-        texts, total = [], 0
+        texts, ids, clipped = [], [], []
         for row in out.tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
             # Rows finished by a stop string are padded after it: padding is not generated text.
-            total += sum(1 for t in row[:end] if t != pad or t in eos_ids)
-            texts.append(truncate_at_stop(tok.decode(row[:end], skip_special_tokens=True), gen.stop))
-        return texts, total
+            generated = [t for t in row[:end] if t != pad or t in eos_ids]
+            text = tok.decode(row[:end], skip_special_tokens=True)
+            stopped = truncate_at_stop(text, gen.stop)
+            ids.append(generated)
+            clipped.append(len(generated) == gen.max_new_tokens and not (set(generated[-1:]) & eos_ids) and stopped == text)
+            texts.append(stopped)
+        return texts, ids, clipped
 
     @torch.no_grad()
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
