@@ -94,7 +94,7 @@ def train(
         before, after = evals[0], evals[-1]
         table = results_table(
             [(f"before (step {before['step']})", before), (f"after (step {after['step']})", after)],
-            title=f"held-out {cfg.data.path}: {after['n']} prompts, greedy",
+            title=f"{cfg.data.evaluate_on.replace('_', '-')} {cfg.data.path}: {after['n']} prompts, greedy",
         )
         add_difference_row(table, before, after)
         console.print(table)

@@ -65,6 +65,10 @@ class DataConfig:
     # Options for procedural tasks (reasoning_gym:<task>), passed to the task's config.
     task_options: dict[str, Any] = field(default_factory=dict)
     train_size: int = 2000
+    # Rows carved off the training rows (never trained on) to choose settings on; evals score
+    # them instead of the held-out set with evaluate_on: validation.
+    validation_size: int = 0
+    evaluate_on: Literal["held_out", "validation"] = "held_out"
 
 
 @dataclass
@@ -125,6 +129,9 @@ class RewardSpec:
 @dataclass
 class TrainConfig:
     steps: int = 100
+    # Stop after this many minutes of training steps (evals excluded), at the end of a step;
+    # 0 = no limit. The last step is checkpointed as the final one.
+    time_budget_minutes: float = 0.0
     eval_every: int = 10  # 0 = no periodic eval
     checkpoint_every: int = 10  # 0 = only the final checkpoint
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
@@ -399,6 +406,8 @@ def validate(cfg: RecipeConfig) -> None:
         need(bool(r.name), f"rewards[{i}].name: missing; give a registered reward or module:function")
     bad = [t for t in cfg.report_to if t.strip().lower() not in (*TRACKERS, "none")]
     need(not bad, f"report_to: unknown tracker {bad[0]!r}; choose from {', '.join(TRACKERS)} or none" if bad else "")
+    need(data.validation_size >= 0, f"data.validation_size: got {data.validation_size}; expected an integer >= 0")
+    need(train.time_budget_minutes >= 0, f"train.time_budget_minutes: got {train.time_budget_minutes}; expected >= 0")
     need(train.log_completions_every >= 0, f"train.log_completions_every: got {train.log_completions_every}; expected an integer >= 0")
     if cfg.dtype == "float16" and cfg.device == "cpu":
         raise ConfigError("dtype: float16 is not supported on CPU; use float32 or bfloat16")

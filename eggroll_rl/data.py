@@ -101,7 +101,21 @@ def _normalize(rows: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, An
 
 
 def load_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, held-out eval rows), deterministic, disjoint."""
+    """(train rows, eval rows), deterministic, disjoint. The eval rows are the held-out set, or
+    with `evaluate_on: validation` the `validation_size` rows carved off the training rows for
+    choosing settings (never trained on), so that the held-out set is scored once, at the end."""
+    train_rows, held_out = _train_and_held_out(cfg)
+    if cfg.validation_size >= len(train_rows):
+        raise ConfigError(f"data.validation_size: {cfg.validation_size} leaves no training rows out of {len(train_rows)}; lower it")
+    validation, train_rows = train_rows[: cfg.validation_size], train_rows[cfg.validation_size:]
+    if cfg.evaluate_on == "validation":
+        if not validation:
+            raise ConfigError("data.evaluate_on: validation needs data.validation_size > 0 (rows carved off the training data)")
+        return train_rows, validation
+    return train_rows, held_out
+
+
+def _train_and_held_out(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     source = parse_source(cfg.path)
     if source.kind == "task":
         from .tasks import load_task

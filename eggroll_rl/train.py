@@ -100,6 +100,8 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
             write_report([run.path])  # report.html, refreshed at each eval
             return record
 
+        # Minutes of training so far (a resumed run's earlier steps count): train.time_budget_minutes.
+        trained_seconds = sum(float(m.get("time/step", 0.0)) for m in run.read(METRICS))
         progress = TrainProgress(steps, start, console=console)
         with progress, TreeMemory() as memory, Trackers(run, cfg) as trackers:
             if cfg.train.eval_every and start == 0:
@@ -162,10 +164,12 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                         "completion": rollout.texts[member][prompt][0],
                         "reward": float(scores.total[member, prompt, 0]),
                     })
+                trained_seconds += record["time/step"]
+                last = step + 1 == steps or 0 < cfg.train.time_budget_minutes * 60 <= trained_seconds
                 eval_record = None
-                if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == steps):
+                if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last):
                     eval_record = run_eval(step + 1)
-                if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or step + 1 == steps:
+                if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or last:
                     save_checkpoint(
                         run.checkpoint_dir(step + 1), model_dir, master, es.state_tensors(),
                         {"step": step + 1, "seed": cfg.seed, "updates_applied": es.updates_applied,
@@ -173,6 +177,8 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                     )
                     run.prune_checkpoints(cfg.train.keep_checkpoints)
                 progress.update(record=record, eval=eval_record)
+                if last:
+                    break
     finally:
         backend.close()
     write_report([run.path])

@@ -119,3 +119,24 @@ def test_train_tiny_recipe_on_vllm(tmp_path):
     base = load_tensors(resolve_model("tiny-random"))
     trained = load_file(str(tmp_path / "tiny" / "checkpoints" / "step_000003" / "model.safetensors"))
     assert any(not torch.equal(base[n], trained[n]) for n in base)
+
+
+def test_validation_rows_are_carved_off_training_and_never_overlap():
+    from eggroll_rl.config import load_config
+    from eggroll_rl.data import load_rows
+
+    base = load_config(TINY, [DATA, "data.validation_size=8"])
+    train, held_out = load_rows(base.data)
+    _, validation = load_rows(load_config(TINY, [DATA, "data.validation_size=8", "data.evaluate_on=validation"]).data)
+    questions = [{r["question"] for r in rows} for rows in (train, validation, held_out)]
+    assert [len(q) for q in questions] == [32 - 4 - 8, 8, 4]
+    assert not (questions[0] & questions[1]) and not (questions[0] & questions[2]) and not (questions[1] & questions[2])
+
+
+@pytest.mark.slow
+def test_time_budget_stops_after_the_step_that_reaches_it(tmp_path):
+    result = run_cli("train", TINY, DATA, "train.steps=50", "train.time_budget_minutes=0.0001", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    assert [m["step"] for m in read_jsonl(tmp_path / "tiny" / "metrics.jsonl")] == [1]
+    assert (tmp_path / "tiny" / "checkpoints" / "step_000001").is_dir()
+    assert [e["step"] for e in read_jsonl(tmp_path / "tiny" / "eval.jsonl")] == [0, 1]
