@@ -52,11 +52,12 @@ def tree_rss_bytes(pid: int | None = None) -> int:
 
 
 class TreeMemory:
-    """Samples the process tree's RSS every `interval` seconds in a daemon thread; keeps the peak."""
+    """Samples the RSS of the process tree of `pid` (default: this process) every `interval`
+    seconds in a daemon thread; keeps the peak."""
 
-    def __init__(self, interval: float = 0.25) -> None:
-        # This process's own high-water mark counts too: a spike between samples is not lost.
-        self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def __init__(self, interval: float = 0.25, pid: int | None = None) -> None:
+        self.pid = pid
+        self.peak = self._own_peak()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="eggroll-memory")
 
@@ -64,9 +65,14 @@ class TreeMemory:
         while not self._stop.wait(interval):
             self.sample()
 
+    def _own_peak(self) -> int:
+        """This process's high-water mark, when it is the one watched: a spike between samples
+        is not lost."""
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self.pid is None else 0
+
     def sample(self) -> int:
-        now = tree_rss_bytes()
-        self.peak = max(self.peak, now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        now = tree_rss_bytes(self.pid)
+        self.peak = max(self.peak, now, self._own_peak())
         return now
 
     def __enter__(self) -> TreeMemory:
