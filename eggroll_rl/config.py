@@ -108,7 +108,7 @@ class ESConfig:
     lr_final_ratio: float = 0.1
     sigma_final_ratio: float = 1.0
     warmup_steps: int = 0
-    fitness_shaping: Literal["normalize", "centered_rank", "raw"] = "normalize"
+    fitness_shaping: Literal["normalize", "zscore", "centered_rank", "raw"] = "normalize"
     prompts_per_step: int = 8
     # Regular expressions on parameter names (full match). Default: attention + MLP linears.
     targets: list[str] = field(

@@ -46,6 +46,16 @@ def shape_normalize(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (centered / (centered.std(unbiased=False) + eps)).mean(dim=1)
 
 
+def shape_zscore(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Each member's mean reward, standardized over the population (the authors' PyTorch+vLLM
+    code). A per-prompt baseline would subtract the same constant from every member, so it is
+    implied; but the std is that of the N member means, not of the N×P matrix as in
+    :func:`shape_normalize`: with P prompts per step the fitness (and the step at equal lr) is
+    about √P times larger."""
+    scores = rewards.mean(dim=1)
+    return (scores - scores.mean()) / (scores.std(unbiased=False) + eps)
+
+
 def shape_centered_rank(rewards: torch.Tensor) -> torch.Tensor:
     """Centered ranks in [-0.5, 0.5] of each member's mean reward (ties share their mean rank)."""
     scores = rewards.mean(dim=1).double()
@@ -68,6 +78,7 @@ def shape_raw(rewards: torch.Tensor) -> torch.Tensor:
 
 FITNESS_SHAPING = {
     "normalize": shape_normalize,
+    "zscore": shape_zscore,
     "centered_rank": shape_centered_rank,
     "raw": shape_raw,
 }

@@ -10,6 +10,7 @@ from eggroll_rl.es import (
     schedule,
     shape_centered_rank,
     shape_normalize,
+    shape_zscore,
     shape_raw,
 )
 from eggroll_rl.noise import NoiseSpec
@@ -108,6 +109,17 @@ def test_normalize_removes_prompt_mean_and_scales():
     assert torch.allclose(f, (centered / centered.std(unbiased=False)).mean(1), atol=1e-6)
     assert abs(float(f.sum())) < 1e-6
     assert torch.allclose(shape_normalize(rewards * 100 + 3), f, atol=1e-5)  # scale-free
+
+
+def test_zscore_standardizes_member_means_and_is_larger_than_normalize_by_about_sqrt_p():
+    gen = torch.Generator().manual_seed(0)
+    rewards = (torch.rand(32, 16, generator=gen) < 0.3).double()  # 0/1 correctness, N=32, P=16
+    z = shape_zscore(rewards)
+    means = rewards.mean(1)
+    assert torch.allclose(z, (means - means.mean()) / means.std(unbiased=False), atol=1e-6)
+    assert abs(float(z.mean())) < 1e-9 and abs(float(z.std(unbiased=False)) - 1) < 1e-6
+    ratio = float(z.std(unbiased=False) / shape_normalize(rewards).std(unbiased=False))
+    assert 2.5 < ratio < 6  # ≈ √16 = 4 for independent prompts
 
 
 def test_centered_rank_and_raw():
