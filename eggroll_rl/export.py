@@ -1,6 +1,6 @@
 """Export a run as a Hugging Face model folder that transformers and vLLM load as is.
 
-    eggroll-rl export RUN_DIR [--step N] [--out DIR] [--replay] [--force]
+    eggroll-rl export RUN_DIR [--step N] [--out DIR] [--replay] [--force] [--as-adapter [--rank R | --energy E]]
 
 The folder (default ``<run>/export``, or ``<run>/export-step_N`` for an earlier step):
 
@@ -16,7 +16,11 @@ The folder (default ``<run>/export``, or ``<run>/export-step_N`` for an earlier 
 
 Weights come from the run's checkpoint of that step (``checkpoints/step_N/model.safetensors``,
 already merged, base names and dtype), or with ``--replay`` from the fitness log alone (replay.py),
-compared bit for bit with the checkpoint of that step when one exists.
+compared bit for bit with the checkpoint of that step when one exists (model_export.py).
+
+With ``--as-adapter`` the folder (default ``<run>/adapter-r16``, ``<run>/adapter-e0.99``, ...) holds
+a PEFT LoRA adapter of the learned change instead of config, tokenizer and weights
+(adapter_export.py); card, plot, training/ and the manifest are as above.
 
 The folder is built in a temporary sibling and renamed into place (files.py): an interrupted
 export never leaves a folder that looks complete, and a non-empty ``--out`` is only replaced with
@@ -27,34 +31,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-from .checkpoint import MASTER_FILE, merged_state_dict, read_state
+from .adapter import ADAPTER_WEIGHTS, RankChoice
+from .adapter_export import AdapterReport, evaluate_adapter, write_learned_adapter
 from .config import ConfigError, RecipeConfig
 from .files import atomic_folder
 from .model_card import PLOT_FILE, CardInputs, eval_before_after, plot_training_curves, render_model_card
-from .params import WEIGHTS_FILE, copy_model_files, save_tensors, weight_dtypes
-from .replay import ReplayError, replay_master
+from .model_export import ExportError, write_model_files
+from .params import WEIGHTS_FILE, weight_dtypes
 from .run_dir import EVALS, FITNESS, METRICS, RunDir
 
 MANIFEST = ".eggroll_export.json"
 TRAINING_DIR = "training"
-# Tensor names an inference engine or an adapter library would have added: never in an export.
-FOREIGN_NAME_MARKERS = ("lora_A", "lora_B", "lora_embedding", "base_layer", ".lora.")
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
                       "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-class ExportError(ValueError):
-    """An export that cannot be done, explained in one line."""
 
 
 @dataclass
@@ -88,6 +82,7 @@ class ExportResult:
     eval_before: dict | None = None
     eval_after: dict | None = None
     notes: list[str] = field(default_factory=list)
+    adapter: AdapterReport | None = None  # an adapter export's rank, energy, sizes and evals
 
     @property
     def total_bytes(self) -> int:
@@ -124,8 +119,9 @@ def list_files(folder: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> list[tup
     return out
 
 
-def default_out(run: RunDir, step: int, final_step: int) -> Path:
-    return run / ("export" if step == final_step else f"export-step_{step}")
+def default_out(run: RunDir, step: int, final_step: int, adapter: RankChoice | None = None) -> Path:
+    name = "export" if adapter is None else f"adapter-{adapter.label}"
+    return run / (name if step == final_step else f"{name}-step_{step}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -162,61 +158,28 @@ def plan_export(run_dir: Path, step: int | None = None, replay: bool = False) ->
 
 
 # ----------------------------------------------------------------------------------------
-# The folder is a plain Hugging Face model
-
-
-def _has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    cfg = folder / "tokenizer_config.json"
-    if cfg.is_file():
-        try:
-            return bool(json.loads(cfg.read_text()).get("chat_template"))
-        except (json.JSONDecodeError, AttributeError):
-            return False
-    return False
-
-
-def _ensure_generation_config(dest: Path) -> None:
-    if not (dest / "generation_config.json").is_file():
-        GenerationConfig.from_model_config(AutoConfig.from_pretrained(dest)).save_pretrained(dest)
+# The card
 
 
 def _dtype_names(dtypes: dict[str, str]) -> str:
     return ", ".join(sorted({SAFETENSORS_DTYPES.get(d, d) for d in dtypes.values()}))
 
 
-def validate_export(folder: Path, expected: dict[str, str], chat_template: bool) -> None:
-    """The folder is a plain HF model: base names and dtypes, config, tokenizer (+ chat template)."""
-    got = weight_dtypes(folder / WEIGHTS_FILE)
-    foreign = [n for n in got if any(m in n for m in FOREIGN_NAME_MARKERS)]
-    if foreign:
-        raise ExportError(f"export: adapter/engine tensor names in the weights: {foreign[:3]}")
-    if set(got) != set(expected):
-        extra, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
-        raise ExportError(f"export: weight names differ from the base checkpoint (extra {extra[:3]}, missing {missing[:3]})")
-    bad = [n for n in got if got[n] != expected[n]]
-    if bad:
-        raise ExportError(f"export: {bad[0]} is {got[bad[0]]}, the base checkpoint has {expected[bad[0]]}")
-    if getattr(AutoConfig.from_pretrained(folder), "quantization_config", None):
-        raise ExportError("export: config.json carries a quantization_config, but the weights are plain")
-    if chat_template and not getattr(AutoTokenizer.from_pretrained(folder), "chat_template", None):
-        raise ExportError("export: the base model's chat template did not survive the export")
-
-
-# ----------------------------------------------------------------------------------------
-# The card
-
-
-def _model_name(plan: ExportPlan, repo_id: str | None) -> str:
+def _model_name(plan: ExportPlan, repo_id: str | None, adapter: AdapterReport | None) -> str:
     if repo_id:
         return repo_id.split("/")[-1]
     name = plan.cfg.run_name or plan.run.path.name
-    return f"{name}-eggroll" + ("" if plan.step == plan.final_step else f"-step{plan.step}")
+    return f"{name}-eggroll" + ("-lora" if adapter else "") + ("" if plan.step == plan.final_step else f"-step{plan.step}")
 
 
-def _write_card(plan: ExportPlan, dest: Path, base_dir: Path, repo_id: str | None, fitness_bytes: int) -> tuple[CardInputs, str]:
+def _weights_file(dest: Path, adapter: AdapterReport | RankChoice | None) -> Path:
+    return Path(dest) / (WEIGHTS_FILE if adapter is None else ADAPTER_WEIGHTS)
+
+
+def _write_card(plan: ExportPlan, dest: Path, base_dir: Path, repo_id: str | None, fitness_bytes: int,
+                adapter: AdapterReport | None = None) -> tuple[CardInputs, str]:
     """Render README.md and the training-curve plot into `dest`; (inputs, sha256 of the card)."""
+    weights = _weights_file(dest, adapter)
     card = CardInputs(
         cfg=plan.cfg,
         step=plan.step,
@@ -226,11 +189,12 @@ def _write_card(plan: ExportPlan, dest: Path, base_dir: Path, repo_id: str | Non
         metrics=plan.run.records_upto(METRICS, plan.step),
         evals=plan.run.records_upto(EVALS, plan.step),
         repo_id=repo_id,
-        model_name=_model_name(plan, repo_id),
-        weights_bytes=(dest / WEIGHTS_FILE).stat().st_size,
+        model_name=_model_name(plan, repo_id, adapter),
+        weights_bytes=weights.stat().st_size,
         fitness_log_bytes=fitness_bytes,
         checkpoint_bytes=folder_bytes(plan.checkpoint),
-        weights_dtype=_dtype_names(weight_dtypes(dest / WEIGHTS_FILE)),
+        weights_dtype=_dtype_names(weight_dtypes(weights)),
+        adapter=adapter,
     )
     plot_training_curves(card.metrics, card.evals, dest / PLOT_FILE, card.step)
     text = render_model_card(card)
@@ -242,50 +206,19 @@ def _write_card(plan: ExportPlan, dest: Path, base_dir: Path, repo_id: str | Non
 # Build
 
 
-def _replay_weights(plan: ExportPlan, dest: Path) -> tuple[Path, float, str | None, list[str]]:
-    """Weights rebuilt from the fitness log into `dest`, compared with the checkpoint of that
-    step when there is one; (base model folder, seconds, verification, notes)."""
-    try:
-        rr = replay_master(plan.run.path, plan.step)
-    except ReplayError as exc:
-        raise ExportError(str(exc)) from None
-    tensors = merged_state_dict(rr.base_model_dir, rr.master)
-    save_tensors(tensors, dest / WEIGHTS_FILE)
-    if plan.checkpoint is None:
-        return rr.base_model_dir, rr.seconds, None, []
-    saved_master = load_file(str(plan.checkpoint / MASTER_FILE))
-    saved_model = load_file(str(plan.checkpoint / WEIGHTS_FILE))
-    same_master = saved_master.keys() == rr.master.keys() and all(torch.equal(saved_master[k], rr.master[k]) for k in saved_master)
-    same_model = saved_model.keys() == tensors.keys() and all(torch.equal(saved_model[k], tensors[k]) for k in saved_model)
-    rel = plan.checkpoint.relative_to(plan.run.path) if plan.checkpoint.is_relative_to(plan.run.path) else plan.checkpoint
-    if same_master and same_model:
-        return rr.base_model_dir, rr.seconds, f"bitwise equal to {rel} (model.safetensors and {MASTER_FILE})", []
-    diff = max((float((saved_master[k] - rr.master[k]).abs().max()) for k in saved_master if k in rr.master), default=float("nan"))
-    verified = f"NOT bitwise equal to {rel} (max |Δ| of the fp32 master {diff:.3g})"
-    return rr.base_model_dir, rr.seconds, verified, [verified]
-
-
-def _build(plan: ExportPlan, dest: Path, repo_id: str | None) -> ExportResult:
-    """Write the whole export into `dest` (an empty folder)."""
-    verified, replay_seconds, notes = None, 0.0, []
-    if plan.replay:
-        base_dir, replay_seconds, verified, notes = _replay_weights(plan, dest)
-        model_src = base_dir
-        expected = weight_dtypes(base_dir)  # the base checkpoint's names and dtypes
+def _build(plan: ExportPlan, dest: Path, repo_id: str | None, choice: RankChoice | None = None,
+           eval_as: Path | None = None) -> ExportResult:
+    """Write the whole export into `dest` (an empty folder): a model, or with `choice` an adapter,
+    evaluated as the folder `eval_as` when that is given."""
+    report, replay_seconds, verified, notes = None, 0.0, None, []
+    if choice is None:
+        base_dir, replay_seconds, verified, notes = write_model_files(plan, dest)
     else:
-        model_src = plan.checkpoint
-        base_dir = Path(read_state(model_src).get("base_model") or model_src)
-        if not (model_src / WEIGHTS_FILE).is_file():
-            raise ExportError(f"{model_src}: no {WEIGHTS_FILE}")
-        shutil.copyfile(model_src / WEIGHTS_FILE, dest / WEIGHTS_FILE)
-        # the base's names and dtypes when it is still there, else the checkpoint's own
-        expected = weight_dtypes(base_dir if (base_dir / "config.json").is_file() else model_src / WEIGHTS_FILE)
-
-    copy_model_files(model_src, dest)
-    _ensure_generation_config(dest)
+        base_dir, report = write_learned_adapter(plan, dest, choice)
+        if eval_as is not None:
+            evaluate_adapter(plan, dest, eval_as, report)
     fitness_bytes = plan.run.copy_history(dest / TRAINING_DIR, plan.step)
-    card, readme_sha = _write_card(plan, dest, base_dir, repo_id, fitness_bytes)
-    validate_export(dest, expected, _has_chat_template(model_src))
+    card, readme_sha = _write_card(plan, dest, base_dir, repo_id, fitness_bytes, report)
 
     manifest = {
         "run_dir": str(plan.run.path.resolve()),
@@ -294,10 +227,11 @@ def _build(plan: ExportPlan, dest: Path, repo_id: str | None) -> ExportResult:
         "checkpoint": str(plan.checkpoint.resolve()) if plan.checkpoint is not None else None,
         "base_model": str(base_dir),
         "repo_id": repo_id,
-        "weights_sha256": sha256_file(dest / WEIGHTS_FILE),
+        "weights_sha256": sha256_file(_weights_file(dest, report)),
         "readme_sha256": readme_sha,
         "verified": verified,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "adapter": report.to_dict() if report is not None else None,
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     before, after = eval_before_after(card.evals, plan.step)
@@ -305,7 +239,7 @@ def _build(plan: ExportPlan, dest: Path, repo_id: str | None) -> ExportResult:
         out=dest, step=plan.step, source=plan.source, files=list_files(dest),
         weights_bytes=card.weights_bytes, fitness_log_bytes=fitness_bytes,
         checkpoint_bytes=card.checkpoint_bytes, verified=verified, replay_seconds=replay_seconds,
-        eval_before=before, eval_after=after, notes=notes,
+        eval_before=before, eval_after=after, notes=notes, adapter=report,
     )
 
 
@@ -321,13 +255,15 @@ def read_manifest(folder: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def reusable_export(out: Path, plan: ExportPlan) -> dict | None:
-    """The manifest of `out` if it is an intact export of the same run, step and source."""
+def reusable_export(out: Path, plan: ExportPlan, choice: RankChoice | None = None) -> dict | None:
+    """The manifest of `out` if it is an intact export of the same run, step and source (and for
+    an adapter, the same rank choice)."""
     m = read_manifest(out)
     if not m:
         return None
     same = m.get("run_dir") == str(plan.run.path.resolve()) and m.get("step") == plan.step and m.get("source") == plan.source
-    weights = Path(out) / WEIGHTS_FILE
+    same = same and (m.get("adapter") or {}).get("choice") == (choice.as_dict() if choice else None)
+    weights = _weights_file(out, choice)
     if not same or not weights.is_file() or sha256_file(weights) != m.get("weights_sha256"):
         return None
     return m
@@ -336,6 +272,7 @@ def reusable_export(out: Path, plan: ExportPlan) -> dict | None:
 def _reuse(out: Path, plan: ExportPlan, manifest: dict, repo_id: str | None, dry_run: bool) -> ExportResult:
     """Keep an existing export; refresh its card for `repo_id` unless the user edited it."""
     notes = []
+    adapter = AdapterReport(**manifest["adapter"]) if manifest.get("adapter") else None
     readme = out / "README.md"
     fitness_log = out / TRAINING_DIR / FITNESS
     fitness_bytes = fitness_log.stat().st_size if fitness_log.is_file() else 0
@@ -343,7 +280,7 @@ def _reuse(out: Path, plan: ExportPlan, manifest: dict, repo_id: str | None, dry
         current = hashlib.sha256(readme.read_bytes()).hexdigest() if readme.is_file() else None
         if current == manifest.get("readme_sha256"):
             base_dir = Path(manifest.get("base_model") or out)
-            _, manifest["readme_sha256"] = _write_card(plan, out, base_dir, repo_id, fitness_bytes)
+            _, manifest["readme_sha256"] = _write_card(plan, out, base_dir, repo_id, fitness_bytes, adapter)
             manifest["repo_id"] = repo_id
             (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             notes.append(f"model card updated for {repo_id}")
@@ -352,10 +289,10 @@ def _reuse(out: Path, plan: ExportPlan, manifest: dict, repo_id: str | None, dry
     before, after = eval_before_after(plan.run.records_upto(EVALS, plan.step), plan.step)
     return ExportResult(
         out=out, step=plan.step, source=manifest["source"], files=list_files(out),
-        weights_bytes=(out / WEIGHTS_FILE).stat().st_size,
+        weights_bytes=_weights_file(out, adapter).stat().st_size,
         fitness_log_bytes=fitness_bytes, checkpoint_bytes=folder_bytes(plan.checkpoint),
         written=not dry_run, reused=True, verified=manifest.get("verified"),
-        eval_before=before, eval_after=after, notes=notes,
+        eval_before=before, eval_after=after, notes=notes, adapter=adapter,
     )
 
 
@@ -368,19 +305,22 @@ def export_run(
     repo_id: str | None = None,
     dry_run: bool = False,
     reuse: bool = False,
+    adapter: RankChoice | None = None,
+    evaluate: bool = True,
 ) -> ExportResult:
-    """Export a run's weights (checkpoint or replay) as a HF model folder; see the module doc.
+    """Export a run's weights (checkpoint or replay) as a HF model folder, or with `adapter` as a
+    LoRA adapter (evaluated unless `evaluate` is False); see the module doc.
 
     `reuse`: an existing `out` that is an intact export of the same run/step/source is kept
     (pushing an export made earlier) instead of refused. `dry_run`: build in a temporary folder,
-    list the files, write nothing.
+    list the files, write nothing (and evaluate nothing).
     """
     plan = plan_export(run_dir, step, replay)
-    out = Path(out) if out is not None else default_out(plan.run, plan.step, plan.final_step)
+    out = Path(out) if out is not None else default_out(plan.run, plan.step, plan.final_step, adapter)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        manifest = reusable_export(out, plan) if reuse else None
+        manifest = reusable_export(out, plan, adapter) if reuse else None
         if manifest is None:
             raise ExportError(f"--out {out}: exists and is not empty; pass --force to replace it, or choose another --out")
         return _reuse(out, plan, manifest, repo_id, dry_run)
@@ -388,12 +328,12 @@ def export_run(
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="eggroll-export-") as tmp:
             (Path(tmp) / "export").mkdir()
-            result = _build(plan, Path(tmp) / "export", repo_id)
+            result = _build(plan, Path(tmp) / "export", repo_id, adapter)
             result.out, result.written = out, False
             return result
 
     with atomic_folder(out, readable=True) as tmp:
-        result = _build(plan, tmp, repo_id)
+        result = _build(plan, tmp, repo_id, adapter, eval_as=out if evaluate else None)
     result.out = out
     result.files = list_files(out)
     return result

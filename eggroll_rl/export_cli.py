@@ -1,11 +1,12 @@
-"""`eggroll-rl export`: a run -> a Hugging Face model folder (+ model card), optionally pushed to the Hub.
+"""`eggroll-rl export`: a run -> a Hugging Face model folder, or with --as-adapter a PEFT LoRA adapter
+of the learned change (+ model card), optionally pushed to the Hub.
 
 Registered in cli.py as ``app.command()(export)``. The export itself (export.py: torch,
 transformers) is imported inside the command, after the arguments are checked.
 
 Exit codes: 0 done; 2 a problem with the arguments or the run (no such step, --out not empty, bad
-repo id, no fitness log); 1 the push failed (no token, network, HTTP error: the local export, when
-one was written, is complete); 130 interrupted (nothing half-written).
+repo id, no fitness log, --rank with --energy); 1 the push failed (no token, network, HTTP error:
+the local export, when one was written, is complete); 130 interrupted (nothing half-written).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Optional
 
 import typer
 
+from .adapter import ADAPTER_WEIGHTS, DEFAULT_CHOICE, RankChoice
 from .config import ConfigError
 from .hub import TOKEN_HELP, HubError, check_repo_id, find_token, hub_endpoint, offline_mode, push_folder
 from .model_card import human_bytes
-from .terminal import console, fail
+from .terminal import console, fail, quiet_libraries
 
 
 def export(
@@ -31,8 +33,12 @@ def export(
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch to upload to, created if needed (with --push-to-hub; default main)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be written/uploaded; write and upload nothing."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    as_adapter: bool = typer.Option(False, "--as-adapter", help="Write a PEFT LoRA adapter of the learned change ΔW (truncated SVD) instead of merged weights (default --out: RUN_DIR/adapter-r16, adapter-e0.99, ...)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="With --as-adapter: this rank for every matrix (capped at the matrix's own)."),
+    energy: Optional[float] = typer.Option(None, "--energy", help=f"With --as-adapter: per matrix, the smallest rank keeping this fraction of ΔW's energy (default {DEFAULT_CHOICE.energy:g})."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="With --as-adapter: score the adapter on the run's held-out set next to the merged model."),
 ) -> None:
-    """Export a run as a Hugging Face model folder (weights, tokenizer, model card, plot); optionally push it."""
+    """Export a run as a Hugging Face model folder (weights, tokenizer, model card, plot) or a LoRA adapter; optionally push it."""
     if (private or revision is not None) and not push_to_hub:
         fail("--private and --revision apply to an upload; add --push-to-hub ORG/NAME", 2)
     if push_to_hub:
@@ -43,6 +49,15 @@ def export(
         fail(f"--revision: '{revision}' is not a branch name", 2)
     if step is not None and step < 0:
         fail(f"--step: got {step}; expected a step >= 0", 2)
+    choice = None
+    if rank is not None or energy is not None:
+        if not as_adapter:
+            fail("--rank and --energy choose an adapter's rank; add --as-adapter", 2)
+        choice = RankChoice(rank, energy)
+        if choice.problem():
+            fail(choice.problem(), 2)
+    elif as_adapter:
+        choice = DEFAULT_CHOICE
 
     token, token_source = None, ""
     if push_to_hub and not dry_run:
@@ -55,9 +70,12 @@ def export(
     from .export import MANIFEST, ExportError, export_run  # torch, transformers: after the checks above
     from .replay import ReplayError
 
+    if choice is not None and evaluate and not dry_run:  # an engine will score the adapter
+        quiet_libraries()
+
     try:
         result = export_run(run_dir, out=out, step=step, replay=replay, force=force, repo_id=push_to_hub,
-                            dry_run=dry_run, reuse=bool(push_to_hub))
+                            dry_run=dry_run, reuse=bool(push_to_hub), adapter=choice, evaluate=evaluate)
     except (ExportError, ReplayError, ConfigError) as exc:
         fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -68,11 +86,13 @@ def export(
     if result.reused:
         console.print(f"using the existing export of step {result.step} at [bold]{result.out}[/]", highlight=False)
     elif result.written:
-        console.print(f"exported step {result.step} of {run_dir} (from its {where}) -> [bold]{result.out}[/]", highlight=False)
-    console.print(
-        f"  {len(result.files)} files, {human_bytes(result.total_bytes)}; model.safetensors {human_bytes(result.weights_bytes)}",
-        highlight=False,
-    )
+        kind = " as a LoRA adapter" if result.adapter else ""
+        console.print(f"exported step {result.step} of {run_dir} (from its {where}){kind} -> [bold]{result.out}[/]", highlight=False)
+    weights = ADAPTER_WEIGHTS if result.adapter else "model.safetensors"
+    console.print(f"  {len(result.files)} files, {human_bytes(result.total_bytes)}; {weights} {human_bytes(result.weights_bytes)}",
+                  highlight=False)
+    if result.adapter:
+        print_adapter_report(result.adapter)
     if result.source == "replay" and not result.reused:
         console.print(f"  replay: {result.step} steps rebuilt from fitness.jsonl in {result.replay_seconds:.1f} s; "
                       + (result.verified or f"no checkpoint of step {result.step} to compare with"), highlight=False)
@@ -111,7 +131,8 @@ def export(
         return
     try:
         pushed = push_folder(result.out, push_to_hub, token=token, private=private, revision=revision,
-                             ignore_patterns=[MANIFEST])
+                             ignore_patterns=[MANIFEST], commit_message="Upload EGGROLL LoRA adapter (eggroll-rl export --as-adapter)"
+                             if result.adapter else None)
     except HubError as exc:
         fail(f"{exc}; the export at {result.out} is complete: rerun this command to retry the upload", 1)
     except KeyboardInterrupt:
@@ -120,3 +141,23 @@ def export(
                   f"(token from {token_source})", highlight=False)
     if pushed.commit_url:
         console.print(f"  commit: {pushed.commit_url}", highlight=False)
+
+
+def print_adapter_report(report) -> None:
+    """Rank, energy kept, size and held-out accuracy of an adapter export (adapter_export.AdapterReport)."""
+    ranks = f"{report.r} for all {report.matrices} matrices" if report.min_rank == report.r else \
+        f"{report.min_rank} to {report.r} over {report.matrices} matrices (PEFT r {report.r} + rank_pattern)"
+    vllm = f"vLLM max_lora_rank >= {report.max_lora_rank}" if report.max_lora_rank else "above vLLM's max_lora_rank limit (512)"
+    console.print(f"  rank {ranks}; {vllm}", highlight=False)
+    console.print(f"  energy of ΔW kept: {report.energy_kept:.2%} overall, worst matrix {report.worst_energy:.2%} "
+                  f"({report.worst_matrix})", highlight=False)
+    console.print(f"  adapter {human_bytes(report.adapter_bytes)} = {report.adapter_bytes / report.merged_bytes:.1%} of the merged "
+                  f"model's weights ({human_bytes(report.merged_bytes)}); base: {report.base_model}", highlight=False)
+    a, m = report.eval_adapter, report.eval_merged
+    if a is not None:
+        merged = f" vs merged weights {m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m else ""
+        console.print(f"  held-out accuracy (step {a['step']}, n={a['n']}): adapter {a['accuracy']:.3f} "
+                      f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]{merged}", highlight=False)
+    if report.difference:
+        diff, low, high = report.difference
+        console.print(f"  adapter − merged: {diff * 100:+.1f} points [{low * 100:+.1f}, {high * 100:+.1f}] (paired 95% CI)", highlight=False)

@@ -1,5 +1,8 @@
 """The model card (README.md with Hub metadata) and training-curve plot of an exported run.
 
+One template serves a merged model and a LoRA adapter of the learned change (``CardInputs.adapter``:
+``library_name: peft``, the base it adapts, its rank, energy, size and accuracy, PEFT / vLLM usage).
+
 Everything here is read from the run directory (config.yaml, metrics.jsonl, eval.jsonl,
 fitness.jsonl) and the base model folder; nothing is invented. The card's text is the template
 templates/model_card.md, which huggingface_hub's ModelCard fills: this module turns the run into
@@ -15,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -24,7 +27,10 @@ from huggingface_hub.repocard import metadata_load
 from .config import RecipeConfig
 from .data import parse_source
 from .hub import is_repo_id
-from .models import alias_hub_id
+from .models import adapter_origin, alias_hub_id, list_aliases
+
+if TYPE_CHECKING:
+    from .adapter_export import AdapterReport
 
 PLOT_FILE = "training_curves.png"
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -71,6 +77,7 @@ class CardInputs:
     fitness_log_bytes: int = 0
     checkpoint_bytes: int = 0
     weights_dtype: str = ""  # of the exported weights, e.g. "bfloat16"
+    adapter: AdapterReport | None = None  # an adapter export: what it keeps of the change, and its evals
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,12 @@ def base_model_id(model_spec: str, base_model_dir: Path) -> str | None:
 
 
 def resolve_license(base_model_dir: Path, names: list[str]) -> tuple[str, str, dict]:
-    """(licence id, where it came from, extra metadata such as license_name/license_link)."""
+    """(licence id, where it came from, extra metadata such as license_name/license_link); a
+    base that is an adapter merged into its own base (models.adapter_origin) has that base's."""
     base_model_dir = Path(base_model_dir)
+    origin = adapter_origin(base_model_dir)
+    if origin is not None:
+        return resolve_license(origin.base_folder(), [origin.base_model, *names])
     try:
         meta = metadata_load(base_model_dir / "README.md") or {}
     except (OSError, ValueError, yaml.YAMLError):  # no README, bad UTF-8, a block that is no mapping
@@ -256,6 +267,8 @@ def card_data(inp: CardInputs, data: DatasetInfo, base_id: str | None, license_i
     """The YAML header (Hub metadata): base model, data, licence, tags and the latest eval."""
     cfg = inp.cfg
     _, after = eval_before_after(inp.evals, inp.step)
+    if inp.adapter is not None:  # the Hub lists the adapter's own result, or none
+        after = inp.adapter.eval_adapter
     eval_name = data.hub_id or Path(cfg.data.path).stem or "custom"  # what the eval results name the data
     eval_results = None
     if after is not None and _is_number(after.get("accuracy")) and not math.isnan(after["accuracy"]):
@@ -274,9 +287,9 @@ def card_data(inp: CardInputs, data: DatasetInfo, base_id: str | None, license_i
         base_model=base_id,
         datasets=[data.hub_id] if data.hub_id else None,
         license=license_id,
-        library_name="transformers",
+        library_name="transformers" if inp.adapter is None else "peft",
         pipeline_tag="text-generation",
-        tags=list(dict.fromkeys([*BASE_TAGS, *data.tags, "reasoning"])),  # in order, once each
+        tags=list(dict.fromkeys([*BASE_TAGS, *data.tags, "reasoning", *(["lora"] if inp.adapter else [])])),  # in order, once each
         model_name=inp.model_name,
         eval_results=eval_results,
         **license_extra,
@@ -294,8 +307,11 @@ def _eval_row(label: str, rec: dict | None) -> dict:
 
 
 def _results(inp: CardInputs) -> dict | None:
-    """The Results section's values: the before/after table rows and the accuracy change (None: no evals)."""
+    """The Results section's values: the table rows (before, after, an adapter) and the accuracy change (None: no evals)."""
     before, after = eval_before_after(inp.evals, inp.step)
+    adapter = inp.adapter
+    if adapter is not None and adapter.eval_merged is not None:  # the merged model at the exported step
+        after = adapter.eval_merged
     if before is None and after is None:
         return None
     samples = inp.cfg.generation.samples_per_prompt
@@ -306,7 +322,8 @@ def _results(inp: CardInputs) -> dict | None:
     return {
         "decoding": "Greedy decoding" if samples == 1 else f"{samples} samples per prompt",
         "n": (after or before).get("n", "?"),
-        "rows": [_eval_row("base (before)", before), _eval_row("EGGROLL (after)", after)],
+        "rows": [_eval_row("base (before)", before), _eval_row("EGGROLL (after)" if adapter is None else "EGGROLL, merged weights", after)]
+        + ([_eval_row("this adapter", adapter.eval_adapter)] if adapter is not None else []),
         "change": change,
     }
 
@@ -335,12 +352,28 @@ def _hyperparameters(cfg: RecipeConfig) -> list[tuple[str, str]]:
     return [(name, _cell(value)) for name, value in rows]
 
 
+def _adapter_values(adapter: AdapterReport, base_id: str | None) -> dict:
+    """The adapter's rank, energy, size and base as the template shows them."""
+    choice = f"--rank {adapter.choice['rank']}" if "rank" in adapter.choice else f"--energy {adapter.choice['energy']:g}"
+    return {
+        "choice": choice, "r": adapter.r, "min_rank": adapter.min_rank, "matrices": adapter.matrices,
+        "energy": f"{adapter.energy_kept:.2%}", "worst": f"{adapter.worst_energy:.2%}", "worst_matrix": adapter.worst_matrix,
+        "merged_size": human_bytes(adapter.merged_bytes), "ratio": f"{adapter.adapter_bytes / adapter.merged_bytes:.1%}",
+        "base_model": adapter.base_model, "base_note": list_aliases().get(adapter.base_model),
+        # what transformers and vLLM load the base by: an alias is a name only eggroll-rl knows
+        "base_load": base_id or (adapter.base_model if Path(adapter.base_model).is_absolute() else f"path/to/{adapter.base_model}"),
+        "max_lora_rank": adapter.max_lora_rank,
+        "difference": "{:+.1f} points [{:+.1f}, {:+.1f}]".format(*(100 * v for v in adapter.difference)) if adapter.difference else None,
+    }
+
+
 def render_model_card(inp: CardInputs) -> str:
     """README.md text: templates/model_card.md filled with the Hub metadata and the run's values."""
     cfg = inp.cfg
-    base_id = base_model_id(cfg.model, inp.base_model_dir)
+    spec = inp.adapter.base_model if inp.adapter is not None else cfg.model  # an adapter names the base it applies to
+    base_id = base_model_id(spec, inp.base_model_dir)
     license_id, license_source, license_extra = resolve_license(
-        inp.base_model_dir, [base_id or "", str(cfg.model), inp.base_model_dir.name]
+        inp.base_model_dir, [base_id or "", str(spec), inp.base_model_dir.name]
     )
     data = dataset_info(cfg)
     done = [m for m in inp.metrics if isinstance(m.get("step"), int) and m["step"] <= inp.step]
@@ -348,7 +381,7 @@ def render_model_card(inp: CardInputs) -> str:
         card_data(inp, data, base_id, license_id, license_extra),
         template_path=str(TEMPLATE),
         model_name=inp.model_name,
-        base_display=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{cfg.model}` (local model)",
+        base_display=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{spec}` (local model)",
         data_display=data.display,
         rewards=", ".join(f"`{r.name}`" + (f" ×{r.weight:g}" if r.weight != 1 else "") for r in cfg.rewards),
         primary_reward=cfg.rewards[0].name,
@@ -366,5 +399,6 @@ def render_model_card(inp: CardInputs) -> str:
         fitness_log_size=human_bytes(inp.fitness_log_bytes),
         checkpoint_size=human_bytes(inp.checkpoint_bytes) if inp.checkpoint_bytes else None,
         license_source=license_source,
+        adapter=_adapter_values(inp.adapter, base_id) if inp.adapter is not None else None,
     )
     return f"{card}\n"  # Jinja drops the template's final line break

@@ -10,7 +10,12 @@
   place, so a killed conversion never leaves a half folder, and are reused afterwards;
 * a local HF folder (has config.json), e.g. one checkpoint of a run: itself;
 * a run directory of ours (``<run>/checkpoints/step_XXXXXX/``): its latest complete checkpoint;
-* a hub id ``org/name``: ``huggingface_hub.snapshot_download`` (needs the network).
+* a hub id ``org/name``: ``huggingface_hub.snapshot_download`` (needs the network);
+* a PEFT LoRA adapter (a folder with adapter_config.json, or a hub id of one): its base model
+  (``base_model_name_or_path``, resolved as above) with the adapter merged into the weights
+  (adapter.py), built once into ``<cache>/adapters/<name>-<hash of the adapter and base>``. The
+  folder's ``eggroll_source.json`` records the base and the weights the adapter changed
+  (:func:`adapter_origin`): a run that starts there exports its adapter against that base.
 
 The cache is ``$EGGROLL_RL_CACHE/models/<alias>``, or ``~/.cache/eggroll-rl/models/<alias>``.
 Anything missing raises :class:`ModelNotFoundError`, one line that says how to get it.
@@ -19,6 +24,7 @@ Anything missing raises :class:`ModelNotFoundError`, one line that says how to g
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.util
 import json
 import os
@@ -29,10 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError, is_adapter_folder, read_config
 from .config import ConfigError
 from .files import atomic_folder
 from .hub import is_repo_id
 from .run_dir import CHECKPOINTS, RunDir
+
+
+SOURCE_RECORD = "eggroll_source.json"  # how a cached model folder was made (alias conversion, adapter merge)
 
 
 class ModelNotFoundError(ConfigError):
@@ -137,7 +147,7 @@ def _build_smollm2(out_dir: Path) -> None:
     gguf_path = smollm2_gguf_path()
     started = time.time()
     convert_gguf(gguf_path, out_dir)
-    (out_dir / "eggroll_source.json").write_text(
+    (out_dir / SOURCE_RECORD).write_text(
         json.dumps(
             {
                 "alias": "smollm2-135m-instruct",
@@ -228,13 +238,89 @@ def _download(repo_id: str) -> Path:
             f"model: could not download '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {first}); "
             f"check the id and the network, or give a local folder or an alias ({', '.join(ALIASES)})"
         ) from None
-    if not _is_model_folder(path):
-        raise ModelNotFoundError(f"model: hub repo '{repo_id}' has no config.json; is it a transformers model?")
+    if not _is_model_folder(path) and not is_adapter_folder(path):
+        raise ModelNotFoundError(f"model: hub repo '{repo_id}' has neither config.json nor {ADAPTER_CONFIG}; "
+                                 "is it a transformers model or a PEFT adapter?")
     return path
 
 
+# ----------------------------------------------------------------------------------------
+# PEFT adapters: merged into their base once, in the cache
+
+
+@dataclass(frozen=True)
+class AdapterOrigin:
+    """What a merged-adapter folder was built from (its SOURCE_RECORD)."""
+
+    base_model: str  # the adapter's base_model_name_or_path: resolve_model finds the base by it
+    base_model_dir: Path  # the folder it resolved to when the adapter was merged
+    weights: list[str]  # the base weights the adapter changed
+
+    def base_folder(self) -> Path:
+        """The base the adapter was merged into: that folder while it exists, else resolved again."""
+        return self.base_model_dir if _is_model_folder(self.base_model_dir) else resolve_model(self.base_model)
+
+
+def adapter_origin(model_dir: Path) -> AdapterOrigin | None:
+    """The base and changed weights of a folder resolve_model merged from an adapter; None for
+    any other folder."""
+    try:
+        record = json.loads((Path(model_dir) / SOURCE_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or "adapter" not in record:
+        return None
+    return AdapterOrigin(record["base_model"], Path(record["base_model_dir"]), list(record["weights"]))
+
+
+def merge_adapter(adapter_dir: Path, source: str) -> Path:
+    """The adapter's base model with the adapter merged into its weights, built once into the
+    cache under a hash of the adapter's files and the base folder; `source` names the adapter
+    (its folder or hub id) in the cache folder's name and record."""
+    from .adapter import merged_weights, read_adapter
+    from .params import WEIGHTS_FILE, copy_model_files, save_tensors
+
+    base_spec = read_config(adapter_dir)["base_model_name_or_path"]
+    try:
+        base_dir = resolve_model(base_spec)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{exc} (the base model of the adapter {source})") from None
+    digest = hashlib.sha256(str(base_dir).encode())
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if (adapter_dir / name).is_file():
+            digest.update((adapter_dir / name).read_bytes())
+    final = cache_dir() / "adapters" / f"{Path(source).name}-{digest.hexdigest()[:16]}"
+    if _is_model_folder(final):
+        return final
+    _, deltas = read_adapter(adapter_dir)
+    with atomic_folder(final, replace=False, readable=True) as tmp:
+        copy_model_files(base_dir, tmp)
+        save_tensors(merged_weights(base_dir, deltas), tmp / WEIGHTS_FILE)
+        record = {"adapter": source, "base_model": base_spec, "base_model_dir": str(base_dir), "weights": sorted(deltas)}
+        (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return final
+
+
+def _model_or_adapter(path: Path, source: str) -> Path:
+    try:
+        return merge_adapter(path, source) if is_adapter_folder(path) else path
+    except AdapterError as exc:
+        raise ModelNotFoundError(f"model: {exc}") from None
+
+
+def portable_spec(spec: str, folder: Path) -> str:
+    """A name by which resolve_model finds the model `spec` resolved to (`folder`) from any
+    folder: an alias or hub id as given, else the folder's absolute path."""
+    spec = str(spec).strip()
+    if spec.lower() in ALIASES:
+        return spec.lower()
+    if is_repo_id(spec) and not Path(spec).expanduser().exists():
+        return spec
+    return str(Path(folder).resolve())
+
+
 def resolve_model(spec: str) -> Path:
-    """A local Hugging Face model folder for an alias, folder, run directory or hub id."""
+    """A local Hugging Face model folder for an alias, folder, run directory, hub id or adapter."""
     spec = str(spec).strip()
     if not spec:
         raise ModelNotFoundError("model: empty; give an alias, a local folder, a run directory or a hub id")
@@ -242,8 +328,8 @@ def resolve_model(spec: str) -> Path:
         return _build_alias(spec.lower())
     path = Path(spec).expanduser()
     if path.is_dir():
-        if _is_model_folder(path):
-            return path.resolve()
+        if is_adapter_folder(path) or _is_model_folder(path):
+            return _model_or_adapter(path.resolve(), str(path.resolve()))
         latest = RunDir(path).latest_checkpoint()
         if latest is None and path.name == CHECKPOINTS:
             latest = RunDir(path.parent).latest_checkpoint()
@@ -252,7 +338,8 @@ def resolve_model(spec: str) -> Path:
         if (path / "checkpoints").is_dir():
             raise ModelNotFoundError(f"model: run directory '{spec}' has no complete checkpoint yet")
         raise ModelNotFoundError(
-            f"model: folder '{spec}' is neither a model folder (no config.json) nor a run directory (no checkpoints/step_*)"
+            f"model: folder '{spec}' is neither a model folder (no config.json), a PEFT adapter (no {ADAPTER_CONFIG}) "
+            "nor a run directory (no checkpoints/step_*)"
         )
     parent = path.parent
     looks_like_path = (
@@ -264,7 +351,7 @@ def resolve_model(spec: str) -> Path:
     if looks_like_path:
         raise ModelNotFoundError(f"model: folder '{spec}' not found")
     if is_repo_id(spec):
-        return _download(spec)
+        return _model_or_adapter(_download(spec), spec)
     close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ModelNotFoundError(

@@ -58,11 +58,13 @@ def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
-def greedy_completions(model_dir, max_new_tokens=12, state_dict=None):
+def greedy_completions(model_dir, max_new_tokens=12, state_dict=None, model=None):
+    """Greedy token ids for QUESTIONS from the model in `model_dir` (or `model`, e.g. a PEFT model, with
+    the tokenizer of `model_dir`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = (model or AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)).eval()
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=False)
     outs = []
@@ -395,12 +397,30 @@ def test_http_errors_are_one_line(run, exported, hub, monkeypatch):
     assert bad.exit_code == 2 and "ORG/NAME" in bad.stderr
 
 
+def test_adapter_push_has_a_peft_card_that_names_its_base(run, hub, tmp_path):
+    from huggingface_hub import ModelCard
+
+    repo = "eggroll-org/tiny-lora"
+    result = cli("export", run, "--as-adapter", "--rank", 2, "--no-eval", "--out", tmp_path / "lora", "--push-to-hub", repo)
+    assert result.exit_code == 0, result.output
+    assert "as a LoRA adapter" in result.output and "pushed" in result.output
+    remote = hub.files(repo)
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "training/fitness.jsonl"} <= set(remote)
+    assert not {"model.safetensors", "config.json", MANIFEST} & set(remote)
+    assert all(remote[p] == (tmp_path / "lora" / p).read_bytes() for p in remote if p != ".gitattributes")
+    assert "LoRA adapter" in hub.repos[repo].commits[-1]["summary"]
+    card = ModelCard(remote["README.md"].decode())
+    assert card.data.library_name == "peft" and "lora" in card.data.tags
+    assert "A LoRA adapter (PEFT) of `tiny-random`" in card.text
+    assert 'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("path/to/tiny-random"), model_id)' in card.text
+    assert f'LoRARequest("eggroll", 1, "{repo}")' in card.text and "max_lora_rank=8" in card.text
+
+
 # -- 6. vLLM ---------------------------------------------------------------------------------
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_export_loads_in_vllm_with_the_same_greedy_completions(exported, monkeypatch):
+def vllm_completions(monkeypatch, model_dir, max_new_tokens=8, lora=None, **engine):
+    """Greedy token ids for QUESTIONS from vLLM CPU in fp32 (with `lora`, a LoRARequest, per request)."""
     pytest.importorskip("vllm")
     import os
 
@@ -411,19 +431,29 @@ def test_export_loads_in_vllm_with_the_same_greedy_completions(exported, monkeyp
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    tok = AutoTokenizer.from_pretrained(exported)
-    reference = greedy_completions(exported, max_new_tokens=8)
+    tok = AutoTokenizer.from_pretrained(model_dir)
     # enforce_eager: the same weights and kernels without torch.compile (engine start 25 s instead of ~2 min on 2 CPUs)
-    llm = LLM(model=str(exported), dtype="float32", max_model_len=256, max_num_seqs=8, seed=0, enforce_eager=True)
+    llm = LLM(model=str(model_dir), dtype="float32", max_model_len=256, max_num_seqs=8, seed=0, enforce_eager=True, **engine)
     try:
         prompts = [{"prompt_token_ids": tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                                 return_dict=False)} for q in QUESTIONS]
-        outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=8))
+        outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens), lora_request=lora)
     finally:
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown()
-    for ref, out in zip(reference, outs):
-        if tok.eos_token_id in ref:  # vLLM stops at EOS
-            ref = ref[: ref.index(tok.eos_token_id) + 1]
-        assert list(out.outputs[0].token_ids) == ref
+    return [list(out.outputs[0].token_ids) for out in outs]
+
+
+def until_eos(completions, eos):
+    """Token ids cut after the first EOS, where vLLM stops."""
+    return [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in completions]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_export_loads_in_vllm_with_the_same_greedy_completions(exported, monkeypatch):
+    from transformers import AutoTokenizer
+
+    reference = until_eos(greedy_completions(exported, max_new_tokens=8), AutoTokenizer.from_pretrained(exported).eos_token_id)
+    assert vllm_completions(monkeypatch, exported) == reference

