@@ -111,7 +111,7 @@ def _watched(cmd: list[str], log: Path) -> float:
 
 
 def run_eggroll(args, out: Path) -> dict:
-    from eggroll_rl.export import export_run
+    from eggroll_rl.exporter import export_run
     from eggroll_rl.run_dir import METRICS, RunDir
 
     run = out / "eggroll"

@@ -1,6 +1,6 @@
 """`export --as-adapter`: what a run learned, ΔW = W_final − W_base, as a PEFT LoRA adapter.
 
-export.py plans the export (step, checkpoint or replay, output folder, reuse, card, manifest) for
+exporter.py plans the export (step, checkpoint or replay, output folder, reuse, card, manifest) for
 both kinds; this module writes the adapter's own files and measures it (adapter.py does the math):
 
     adapter_config.json, adapter_model.safetensors   load as they are in peft.PeftModel and in vLLM
@@ -36,7 +36,7 @@ from .run_dir import ENGINE_LOG, EVALS
 if TYPE_CHECKING:
     import torch
 
-    from .export import ExportPlan
+    from .exporter import ExportPlan
 
 # Eval summary fields the report keeps (the per-prompt list only serves the paired difference).
 EVAL_FIELDS = ("accuracy", "ci_low", "ci_high", "reward_mean", "n")

@@ -68,7 +68,7 @@ def train(
         fail(str(exc), 2)
 
     try:
-        from .train import train as run_training  # torch, transformers: after the recipe is checked
+        from .trainer import train as run_training  # torch, transformers: after the recipe is checked
 
         quiet_libraries()
         final = run_training(cfg, run, resume=resume is not None, console=console, verbose=verbose)

@@ -1,7 +1,7 @@
 """`eggroll-rl export`: a run -> a Hugging Face model folder, or with --as-adapter a PEFT LoRA adapter
 of the learned change (+ model card), optionally pushed to the Hub.
 
-Registered in cli.py as ``app.command()(export)``. The export itself (export.py: torch,
+Registered in cli.py as ``app.command()(export)``. The export itself (exporter.py: torch,
 transformers) is imported inside the command, after the arguments are checked.
 
 Exit codes: 0 done; 2 a problem with the arguments or the run (no such step, --out not empty, bad
@@ -67,7 +67,7 @@ def export(
         if not token:
             fail(f"--push-to-hub needs a Hugging Face token: {TOKEN_HELP}; nothing was exported", 1)
 
-    from .export import MANIFEST, ExportError, export_run  # torch, transformers: after the checks above
+    from .exporter import MANIFEST, ExportError, export_run  # torch, transformers: after the checks above
     from .replay import ReplayError
 
     if choice is not None and evaluate and not dry_run:  # an engine will score the adapter

@@ -62,7 +62,7 @@ KNOWN_LICENSES: list[tuple[str, str]] = [
 
 @dataclass
 class CardInputs:
-    """What the card is made of; export.py fills it from a run directory."""
+    """What the card is made of; exporter.py fills it from a run directory."""
 
     cfg: RecipeConfig
     step: int  # updates in the exported weights

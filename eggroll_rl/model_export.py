@@ -1,6 +1,6 @@
 """The files of a merged-model export: weights, config and tokenizer, checked to be a plain HF model.
 
-export.py plans an export and writes its card and manifest; this module writes the model itself
+exporter.py plans an export and writes its card and manifest; this module writes the model itself
 into the (temporary) export folder, as adapter_export.py writes an adapter:
 
 * weights: the checkpoint's ``model.safetensors`` of that step (already merged, base names and
@@ -27,7 +27,7 @@ from .params import WEIGHTS_FILE, copy_model_files, save_tensors, weight_dtypes
 from .replay import ReplayError, replay_master
 
 if TYPE_CHECKING:
-    from .export import ExportPlan
+    from .exporter import ExportPlan
 
 # Tensor names an inference engine or an adapter library would have added: never in an export.
 FOREIGN_NAME_MARKERS = ("lora_A", "lora_B", "lora_embedding", "base_layer", ".lora.")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from eggroll_rl.cli import app
-from eggroll_rl.export import MANIFEST, list_files
+from eggroll_rl.exporter import MANIFEST, list_files
 from eggroll_rl.params import load_tensors
 from eggroll_rl.replay import replay_master
 

@@ -60,7 +60,7 @@ def assert_same_run(reference: Path, run: Path, steps: int) -> None:
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_bitwise_with_every_record_and_a_torn_log_repaired(tmp_path, monkeypatch):
-    from eggroll_rl import train as train_module
+    from eggroll_rl import trainer as train_module
 
     common = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "es.optimizer=adam", "es.lr=0.01",
               f"output_dir={tmp_path}"]
