@@ -127,6 +127,19 @@ class RewardSpec:
 
 
 @dataclass
+class ClusterConfig:
+    """The population spread over Ray workers (cluster.py). workers: 1 = everything in this
+    process, no Ray needed."""
+
+    workers: int = 1
+    # An existing Ray cluster ("auto", "ray://head:10001"); null starts a local Ray instance.
+    address: str | None = None
+    cpus_per_worker: int = 0  # 0: this machine's cores split evenly between local workers
+    gpus_per_worker: float = 0.0  # 1 on GPU machines: one engine per GPU
+    check_every: int = 10  # steps between checks that every worker's master equals the trainer's
+
+
+@dataclass
 class TrainConfig:
     steps: int = 100
     # Stop after this many minutes of training steps (evals excluded), at the end of a step;
@@ -162,6 +175,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # Engine options for the vLLM backend (gpu_memory_utilization, max_model_len, ...).
     vllm: dict[str, Any] = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Experiment trackers mirroring the run's logs: any of TRACKERS, or none (tracking.py).
     report_to: list[str] = field(default_factory=list)
 
@@ -404,6 +418,10 @@ def validate(cfg: RecipeConfig) -> None:
     need(bool(cfg.rewards), "rewards: empty; give at least one reward, e.g. [math_accuracy]")
     for i, r in enumerate(cfg.rewards):
         need(bool(r.name), f"rewards[{i}].name: missing; give a registered reward or module:function")
+    need(cfg.cluster.workers >= 1, f"cluster.workers: got {cfg.cluster.workers}; expected an integer >= 1")
+    need(cfg.cluster.workers <= es.population // 2,
+         f"cluster.workers: {cfg.cluster.workers} workers for {es.population // 2} mirrored pairs; each worker needs at least one pair")
+    need(cfg.cluster.check_every >= 1, f"cluster.check_every: got {cfg.cluster.check_every}; expected an integer >= 1")
     bad = [t for t in cfg.report_to if t.strip().lower() not in (*TRACKERS, "none")]
     need(not bad, f"report_to: unknown tracker {bad[0]!r}; choose from {', '.join(TRACKERS)} or none" if bad else "")
     need(data.validation_size >= 0, f"data.validation_size: got {data.validation_size}; expected an integer >= 0")

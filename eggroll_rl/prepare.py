@@ -7,6 +7,8 @@ before any run directory is written or any engine is started.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,20 @@ def model_targets(model_dir: Path, patterns: list[str]) -> list[str]:
     return targets
 
 
+def check_cluster(cfg: RecipeConfig) -> None:
+    """ConfigError, before any work, for a cluster this machine cannot start."""
+    c = cfg.cluster
+    if c.workers == 1:
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"cluster.workers={c.workers} needs Ray: pip install 'eggroll-rl[ray]'")
+    if c.address is None and c.gpus_per_worker == 0:
+        cores = len(os.sched_getaffinity(0))
+        if max(c.cpus_per_worker, 1) * c.workers > cores:
+            raise ConfigError(f"cluster.workers: {c.workers} local workers of {max(c.cpus_per_worker, 1)} core(s) each need "
+                              f"{max(c.cpus_per_worker, 1) * c.workers} cores, this machine has {cores}; lower it, or give cluster.address")
+
+
 @dataclass
 class RecipeInputs:
     train_rows: list[dict[str, Any]]
@@ -65,6 +81,7 @@ class RecipeInputs:
 def prepare(cfg: RecipeConfig, model_spec: str | None = None) -> RecipeInputs:
     """Load and check everything `cfg` names; `model_spec` replaces cfg.model (eval)."""
     check_installed(cfg.report_to)
+    check_cluster(cfg)
     train_rows, eval_rows = load_rows(cfg.data)
     reward_fn = recipe_reward(cfg.rewards)
     model_dir = resolve_model(model_spec or cfg.model)

@@ -9,7 +9,8 @@
                                     step t (0-based) used. With the seed it determines the run
                                     (replay.py), so every line is fsynced when written.
         error.log                   the traceback of a run that stopped on an error
-        engine.log                  what the inference engine's own processes print (vLLM)
+        engine.log                  what the inference engine's own processes print (vLLM;
+                                    engine-worker<i>.log per worker on a cluster)
         checkpoints/step_000010/    weights after 10 updates (checkpoint.py owns what is inside)
 
 Logs are JSONL and only ever appended. A run killed mid-append leaves a torn last line: readers
@@ -47,7 +48,7 @@ _UPDATES_AFTER_STEP = {METRICS: 0, SAMPLES: 0, EVALS: 0, FITNESS: 1}
 # its fitness log still replays it with the saved recipe. Anything else changes the math.
 RESUMABLE_CHANGES = ("train.steps", "train.time_budget_minutes", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.log_samples", "train.log_completions_every", "generation.max_batch_rows", "device",
-                     "description", "vllm", "report_to")
+                     "description", "vllm", "report_to", "cluster")
 
 
 def resume_change_problem(saved: RecipeConfig, new: RecipeConfig) -> str | None:

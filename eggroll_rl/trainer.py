@@ -35,19 +35,18 @@ import torch
 from rich.console import Console
 from transformers import AutoTokenizer
 
-from .backends import make_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RecipeConfig
 from .data import longest_prompt, prompt_ids, rows_for_step
 from .es import EggrollES
-from .evaluation import evaluate
 from .memory import TreeMemory
 from .params import load_tensors
 from .prepare import prepare
 from .progress import TrainProgress
 from .report import write_report
 from .run_dir import ENGINE_LOG, EVALS, FITNESS, METRICS, SAMPLES, RunDir
-from .scoring import completion_lengths, score_rollout
+from .population import make_population
+from .scoring import completion_lengths
 from .tracking import Trackers, completions_table
 
 
@@ -59,7 +58,7 @@ def step_seed(seed: int, step: int) -> int:
 def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console | None = None, verbose: bool = False) -> Path:
     """Run (or continue) the recipe `cfg` in `run`; return the final checkpoint folder. The engine's
     own output goes to the run's engine.log, or to the console when `verbose`."""
-    es_cfg, gen, steps = cfg.es, cfg.generation, cfg.train.steps
+    es_cfg, steps = cfg.es, cfg.train.steps
 
     # Data, rewards, model: everything that can fail on bad input fails here, before the run
     # directory is written and before the engine starts.
@@ -87,13 +86,10 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
     eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
     prompt_tokens = max([longest_prompt(tokenizer, inputs.train_rows, cfg.data), *map(len, eval_prompts)])
     engine_log = None if verbose else run / ENGINE_LOG
-    backend = make_backend(cfg, model_dir, targets, engine_log=engine_log, prompt_tokens=prompt_tokens)
+    population = make_population(cfg, model_dir, targets, reward_fn, engine_log, prompt_tokens, master, latest, start)
     try:
-        if start:
-            backend.load_weights(master)
-
         def run_eval(step: int) -> dict:
-            result = evaluate(backend, eval_prompts, inputs.eval_rows, gen, reward_fn, cfg.data)
+            result = population.evaluate(eval_prompts, inputs.eval_rows)
             record = {"step": step, **result.summary()}
             run.append(EVALS, record)
             trackers.log(record, step, prefix="eval/")
@@ -112,19 +108,20 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 noise = es.ask(step)
                 rows = rows_for_step(inputs.train_rows, step, es_cfg.prompts_per_step, cfg.data.shuffle_seed)
                 prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
-                # 2. rollout: every member answers every prompt, all in one batched call.
-                rollout = backend.generate(prompts, gen, noise, range(es_cfg.population), seed=step_seed(cfg.seed, step))
-                # 3. reward, 4. shape: rewards[member, prompt] (mean over samples) -> fitness[member].
-                t_reward = time.perf_counter()
-                scores = score_rollout(rollout, rows, reward_fn, cfg.data)
+                # 2. rollout: every member answers every prompt (one batched call per engine), and
+                # 3. reward: the completions are graded (on a cluster, by the worker that made them).
+                step_rollout = population.rollout(step, noise, rows, prompts, seed=step_seed(cfg.seed, step))
+                rollout, scores = step_rollout.rollout, step_rollout.scores
+                # 4. shape: rewards[member, prompt] (mean over samples) -> fitness[member].
                 rewards = scores.total.mean(dim=2)
                 fitness = es.shape(rewards)
                 # 5. tell: the ES update, applied in place to the fp32 master weights.
                 t_update = time.perf_counter()
                 stats = es.tell(step, fitness, master)
-                # 6. push the new weights into the engine.
+                # 6. push: the engines take the update (on a cluster, each worker applies it itself).
                 t_push = time.perf_counter()
-                backend.load_weights(master)
+                population.push(step, fitness, master)
+                population.check(step, master)
                 t_end = time.perf_counter()
 
                 record = {
@@ -145,11 +142,13 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                     "tokens_per_s": rollout.new_tokens / max(rollout.seconds, 1e-9),
                     "time/generate": rollout.seconds,  # includes time/population_setup
                     "time/population_setup": rollout.setup_seconds,  # factors / LoRA adapters
-                    "time/reward": t_update - t_reward,
+                    "time/reward": step_rollout.reward_seconds,
                     "time/update": t_push - t_update,
                     "time/push": t_end - t_push,
                     "time/step": t_end - t0,
                     **memory.metrics(),
+                    **({"cluster/workers": population.workers_alive, "cluster/bytes": population.take_network_bytes()}
+                       if cfg.cluster.workers > 1 else {}),
                 }
                 run.append(METRICS, record)
                 run.append(FITNESS, {"step": step, "fitness": fitness.tolist()})
@@ -180,6 +179,6 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 if last:
                     break
     finally:
-        backend.close()
+        population.close()
     write_report([run.path])
     return run.latest_checkpoint()

