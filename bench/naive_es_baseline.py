@@ -9,7 +9,9 @@ Also reports how often the greedy completions of both routes agree (they compute
 W + E_m, rounded differently: dense W + E_m vs W·x + lora_B·(lora_A·x)).
 
     python bench/naive_es_baseline.py --model ~/.cache/eggroll-rl/models/smollm2-135m-instruct \
-        --population 8 --prompts 4 --max-new-tokens 32
+        --population 64 --prompts 4 --max-new-tokens 32 --dtype bfloat16
+
+The last line is the speedup (naive seconds / EGGROLL seconds) of the run.
 
 Without --model it builds the tiny random model (a smoke test, not a benchmark).
 """
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     out["greedy_agreement"] = round(sum(a == b for a, b in pairs) / len(pairs), 3)
     out["speedup"] = round(out["naive"]["seconds"] / max(out["eggroll"]["seconds"], 1e-9), 2)
     print(json.dumps(out, indent=2))
+    print(f"N={args.population}: naive {out['naive']['seconds']} s, EGGROLL {out['eggroll']['seconds']} s "
+          f"-> EGGROLL is {out['speedup']}x faster per step")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     if tmp is not None:

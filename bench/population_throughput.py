@@ -2,11 +2,13 @@
 
 Same backend, same rows (N members × P prompts), one run, measured side by side and
 interleaved (perturbed, plain, perturbed, plain, ...) so that machine noise hits both alike.
-The last line is the ratio perturbed/plain tokens/s (goal: ≥ 0.9).
+The last line is the ratio perturbed/plain tokens/s (goal: ≥ 0.9). With the vLLM backend on
+CPU, the perturbed rows run twice, interleaved with the rest: through the population products
+(vllm_population.py, the backend's default) and through vLLM's own multi-LoRA kernels.
 
     python bench/population_throughput.py                       # SmolLM2-135M, torch backend
     python bench/population_throughput.py --model tiny-random --population 8
-    python bench/population_throughput.py --backend vllm
+    python bench/population_throughput.py --backend vllm --dtype bfloat16 --population 32
 """
 
 from __future__ import annotations
@@ -56,10 +58,21 @@ def main() -> None:
         def plain():  # the same rows, every member replaced by the unperturbed model
             return backend.generate(prompts * args.population, gen)
 
-        plain(), perturbed()  # warm-up
-        totals = {"perturbed": [0, 0.0], "plain": [0, 0.0]}
+        def vllm_kernels():  # perturbed, through vLLM's own multi-LoRA kernels
+            backend.use_population_products(False)
+            try:
+                return perturbed()
+            finally:
+                backend.use_population_products(True)
+
+        runs, default = {"perturbed": perturbed, "plain": plain}, "perturbed"
+        if getattr(backend, "population_products", False):  # vLLM on CPU: both LoRA paths
+            runs, default = {"products": perturbed, "vllm-lora": vllm_kernels, "plain": plain}, "products"
+        for fn in runs.values():  # warm-up
+            fn()
+        totals = {name: [0, 0.0] for name in runs}
         for _ in range(args.repeats):
-            for name, fn in (("perturbed", perturbed), ("plain", plain)):
+            for name, fn in runs.items():
                 t = time.perf_counter()
                 rollout = fn()
                 totals[name][0] += rollout.new_tokens
@@ -74,7 +87,10 @@ def main() -> None:
     for name, (tokens, seconds) in totals.items():
         tps[name] = tokens / seconds
         print(f"{name:>9}: {tokens} tokens in {seconds:.2f} s = {tps[name]:.1f} tokens/s")
-    print(f"ratio perturbed/plain tokens/s: {tps['perturbed'] / tps['plain']:.3f}")
+    for name in runs:
+        if name not in ("plain", default):
+            print(f"ratio {name}/plain tokens/s: {tps[name] / tps['plain']:.3f}")
+    print(f"ratio perturbed/plain tokens/s: {tps[default] / tps['plain']:.3f}" + (f" ({default})" if default != "perturbed" else ""))
 
 
 if __name__ == "__main__":

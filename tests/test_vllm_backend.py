@@ -72,6 +72,7 @@ def backend(tiny):
 
     targets = select_targets(tiny["shapes"], ALL_TARGETS)
     be = VLLMBackend(tiny["dir"], targets, rank=2, population=6, engine_options=ENGINE)
+    assert be.population_products  # CPU: members through vllm_population.py's products
     yield be
     be.close()
 
@@ -140,11 +141,16 @@ def assert_members_match(be, hf, tiny, base, noise, members, prompts):
 # -- (a) population members == transformers with W + E_m ------------------------------------
 
 
-def test_members_match_transformers(backend, hf, tiny):
+@pytest.mark.parametrize("products", [True, False], ids=["population-products", "vllm-kernels"])
+def test_members_match_transformers(backend, hf, tiny, products):
     base = base_weights(tiny, backend.targets)
     noise = NoiseSpec(seed=3, step=0, sigma=0.1, rank=2)
     members = [0, 1, 2, 5]
-    roll = assert_members_match(backend, hf, tiny, base, noise, members, tiny["prompts"])
+    assert backend.use_population_products(products) == products
+    try:
+        roll = assert_members_match(backend, hf, tiny, base, noise, members, tiny["prompts"])
+    finally:
+        backend.use_population_products(True)
     assert roll.new_tokens == sum(len(r[0]) for rows in backend.last_token_ids for r in rows) > 0
     # The test proves something only if members answer differently from each other and the base.
     per_member = [tuple(r[0] for r in rows) for rows in roll.texts]
@@ -246,6 +252,49 @@ def test_load_weights_updates_base_and_members(backend, hf, tiny, monkeypatch):
     assert base_texts(backend, prompts) == before
 
 
+def test_weight_routes_leave_the_engine_its_own_copy(backend, hf, tiny, monkeypatch):
+    """Every route of weight_transport.py (same process, shared memory, bytes) sets the same
+    weights, and the engine keeps copies: scribbling on what was sent changes nothing."""
+    base = base_weights(tiny, backend.targets)
+    gen = torch.Generator().manual_seed(2)
+    new = {n: w + 0.05 * torch.randn(w.shape, generator=gen) for n, w in base.items()}
+    prompts = tiny["prompts"]
+    _, before = reference(hf, tiny, {}, prompts)
+    _, after = reference(hf, tiny, new, prompts)
+    assert before != after
+    assert backend._worker_in_process  # CPU: vLLM's engine core runs in this process
+    for route in ("local", "shm", "bytes"):
+        monkeypatch.setattr(backend, "_worker_in_process", route == "local")
+        monkeypatch.setattr(backend, "weights_via_shm", route == "shm")
+        sent = {n: w.clone() for n, w in new.items()}
+        backend.load_weights(sent)
+        for w in sent.values():
+            w.zero_()
+        assert base_texts(backend, prompts) == after, route
+        backend.load_weights(base)
+        assert base_texts(backend, prompts) == before, route
+
+
+def test_wire_carries_bf16_exactly():
+    from eggroll_rl.backends.weight_transport import decode, encode, from_shared_memory, to_shared_memory
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 5, generator=gen), "b": torch.randn(7, generator=gen)}
+    for dtype in (torch.bfloat16, torch.float32):
+        expected = {n: t.to(dtype) for n, t in tensors.items()}
+        for n, t in tensors.items():
+            name, got = decode(encode(n, t, dtype))
+            assert name == n and got.dtype == dtype and torch.equal(got, expected[n])
+        block, slots = to_shared_memory(tensors, dtype)
+        try:
+            assert slots[0][1] == str(dtype).removeprefix("torch.")
+            with from_shared_memory(block.name, slots) as views:
+                assert all(torch.equal(t, expected[n]) for n, t in views)
+        finally:
+            block.close()
+            block.unlink()
+
+
 def test_targets_vllm_cannot_perturb_are_reported(backend):
     ok = [("model.layers.0.self_attn.o_proj.weight", (64, 64))]
     assert backend._rpc("eggroll_check_targets", ok, 2) == []
@@ -267,6 +316,7 @@ def test_population_larger_than_max_loras_and_subset_targets(tiny, hf):
     base = base_weights(tiny, targets)
     noise = NoiseSpec(seed=9, step=4, sigma=0.15, rank=1)
     with VLLMBackend(tiny["dir"], targets, rank=1, population=8, engine_options={**ENGINE, "max_loras": 2}) as be:
+        assert be.population_products  # slots swapped through vllm_population.py's views
         assert be.engine_kwargs["max_loras"] == 2 and be.engine_kwargs["max_cpu_loras"] >= 8
         assert be.engine_kwargs["max_lora_rank"] == 1
         roll = assert_members_match(be, hf, tiny, base, noise, list(range(8)), tiny["prompts"][:3])

@@ -4,8 +4,9 @@ One engine per backend, started once with LoRA enabled. For a step, the worker e
 (vllm_worker.py) regenerates each requested member's factors from (seed, step, pair, name) and
 registers them as LoRA adapters (E_m = lora_B @ lora_A, lora_A = Bᵀ, lora_B = s·σ/√r·A);
 then every (member, prompt) row goes to the engine in ONE ``LLM.generate`` call, row i with
-its member's ``LoRARequest``. vLLM batches rows of different adapters together (punica), so the
-base weights are shared and each member costs only its rank-r side product.
+its member's ``LoRARequest``. vLLM batches rows of different adapters together, so the base
+weights are shared and each member costs only its rank-r side product: on CPU computed by
+vllm_population.py (three dense products per layer), elsewhere by vLLM's own kernels.
 
 Correctness rules kept here:
 
@@ -14,7 +15,8 @@ Correctness rules kept here:
   right after their generate call.
 * ``load_weights`` reloads the base weights in place (``model_runner.reload_weights``), which
   drops all adapters; the prefix cache is reset too, so nothing computed with old weights is
-  ever reused.
+  ever reused. The weights travel in the engine's dtype by the fastest route weight_transport.py
+  has for where the worker runs (in this process on CPU: the tensors themselves).
 
 Constraints: rank must be <= 512 (vLLM's ``max_lora_rank`` is rounded up to one of
 1, 8, 16, 32, 64, 128, 256, 320, 512); targets must be linear layers vLLM can put LoRA on
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import time
 import weakref
 from collections.abc import Sequence
@@ -39,7 +42,7 @@ from ..noise import NoiseSpec
 from ..params import checkpoint_shapes, load_tensors
 from .base import Backend, Rollout
 from .vllm_engine import check_vllm_version, output_to, set_engine_env, shutdown_llm, vllm_lora_rank
-from .weight_transport import encode, to_shared_memory
+from .weight_transport import WIRE_DTYPES, encode, to_shared_memory
 
 # Fused vLLM layers: a checkpoint weight in one of these groups can only be reloaded together
 # with the other members of its group (vLLM processes the fused layer once all are loaded).
@@ -90,10 +93,11 @@ class VLLMBackend(Backend):
         self.dtype = dtype
         self.seed = seed
         self._llm = None
-        # load_weights hands tensors to the engine through /dev/shm when it has room.
+        # load_weights hands tensors to an engine in another process through /dev/shm when it
+        # has room, else as bytes.
         self.weights_via_shm = True
         self.last_load_seconds = 0.0  # load_weights, all of it
-        self.last_load_worker_seconds = 0.0  # the part inside the worker (copy out + reload)
+        self.last_load_worker_seconds = 0.0  # the part inside the worker (vLLM's reload)
 
         shapes = checkpoint_shapes(self.model_dir)
         bad = [t for t in targets if t not in shapes or len(shapes[t]) != 2]
@@ -152,6 +156,15 @@ class VLLMBackend(Backend):
             problems = self._rpc("eggroll_check_targets", items, rank)
             if problems:
                 raise ValueError(f"targets: vLLM cannot perturb {problems[:3]} with LoRA")
+            info = self._rpc("eggroll_worker_info")
+            # How load_weights sends (weight_transport.py): the tensors themselves when the
+            # worker runs in this process (vLLM's engine core in-process, as on CPU).
+            self._worker_in_process = info["pid"] == os.getpid()
+            self._wire_dtype = WIRE_DTYPES[info["dtype"]]
+            # Measured on a 2-core CPU (bench/population_throughput.py, SmolLM2-135M, N=32 × 4
+            # prompts), perturbed/plain tokens/s with the products vs vLLM's kernels: bf16 0.77
+            # vs 0.54, fp32 0.89 vs 0.78.
+            self.use_population_products(True)
         except BaseException:
             self.close()
             raise
@@ -173,6 +186,13 @@ class VLLMBackend(Backend):
         if llm is not None:
             self._finalizer.detach()
             shutdown_llm(llm)
+
+    def use_population_products(self, enabled: bool) -> bool:
+        """Members' LoRA terms through vllm_population.py's dense products (True, the default)
+        or vLLM's own multi-LoRA kernels (False; benchmarks compare the two); returns whether
+        the products are used (they exist only on vLLM's CPU backend)."""
+        self.population_products = self._rpc("eggroll_population_products", enabled)
+        return self.population_products
 
     # -- Backend --------------------------------------------------------------------------
 
@@ -293,18 +313,24 @@ class VLLMBackend(Backend):
                             f"load_weights: {name} is fused with target {n} in vLLM; "
                             "send all targets of a fused group (q/k/v, gate/up) together"
                         )
-        send = dict(sorted(send.items()))  # layer by layer: vLLM processes a layer once complete
+        # Layer by layer (vLLM processes a layer once complete), cast once to the engine's dtype.
+        send = dict(sorted(send.items()))
         t0 = time.perf_counter()
-        shm = to_shared_memory(send) if self.weights_via_shm else None
-        if shm is not None:
-            block, slots = shm
-            try:
-                self.last_load_worker_seconds = self._rpc("eggroll_load_weights_shm", block.name, slots)
-            finally:
-                block.close()
-                block.unlink()
+        if self._worker_in_process:
+            weights = [(n, t.detach().to(self._wire_dtype)) for n, t in send.items()]
+            self.last_load_worker_seconds = self._rpc("eggroll_load_weights_local", weights)
         else:
-            self.last_load_worker_seconds = self._rpc("eggroll_load_weights", [encode(n, t) for n, t in send.items()])
+            shm = to_shared_memory(send, self._wire_dtype) if self.weights_via_shm else None
+            if shm is not None:
+                block, slots = shm
+                try:
+                    self.last_load_worker_seconds = self._rpc("eggroll_load_weights_shm", block.name, slots)
+                finally:
+                    block.close()
+                    block.unlink()
+            else:
+                items = [encode(n, t, self._wire_dtype) for n, t in send.items()]
+                self.last_load_worker_seconds = self._rpc("eggroll_load_weights", items)
         self.last_load_seconds = time.perf_counter() - t0
         # Reload dropped all adapters; KV computed with the old weights must not be reused.
         self.llm.reset_prefix_cache()

@@ -20,20 +20,23 @@ disk. A request whose ``lora_int_id`` is already registered is served from it wi
 vLLM internals used (checked for the versions in ``vllm_engine.SUPPORTED_VLLM``):
 ``worker.model_runner.lora_manager`` (LRUCacheWorkerLoRAManager) and its ``_adapter_manager``
 (LRUCacheLoRAModelManager: ``add_adapter``, ``remove_adapter``, ``list_adapters``, ``modules``),
-``vllm.lora.lora_model.LoRAModel.from_lora_tensors``, ``vllm.lora.peft_helper.PEFTHelper`` and
-``model_runner.reload_weights(weights_iterator=..., is_checkpoint_format=True)``.
+``vllm.lora.lora_model.LoRAModel.from_lora_tensors``, ``vllm.lora.peft_helper.PEFTHelper``,
+``model_runner.reload_weights(weights_iterator=..., is_checkpoint_format=True)``, and on CPU the
+punica wrapper and LoRA layer attributes vllm_population.py lists.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 
 import torch
 
 from ..noise import NoiseSpec
-from .weight_transport import TensorBytes, TensorSlot, decode, from_shared_memory
+from .vllm_population import install as install_population_products
+from .weight_transport import TensorBytes, TensorSlot, decode, from_shared_memory, wire_dtype
 
 _PREFIX = "base_model.model."
 
@@ -160,6 +163,11 @@ class EggrollWorkerExtension:
             adapter_manager.add_adapter(lora)
         return time.perf_counter() - t0
 
+    def eggroll_population_products(self, enabled: bool) -> bool:
+        """LoRA linear layers through vllm_population.py's dense products (True) or vLLM's own
+        kernels (False); returns whether the products are in place (only on vLLM's CPU wrapper)."""
+        return install_population_products(self._eggroll_lora_manager(), enabled) and enabled
+
     def eggroll_remove(self, lora_ids: list[int]) -> None:
         adapter_manager = self._eggroll_lora_manager()
         for lora_id in lora_ids:
@@ -168,27 +176,38 @@ class EggrollWorkerExtension:
     def eggroll_list(self) -> list[int]:
         return sorted(self._eggroll_lora_manager().list_adapters())
 
-    def eggroll_load_weights(self, items: list[TensorBytes]) -> float:
+    def eggroll_worker_info(self) -> dict:
+        """Where the worker runs and in which dtype it keeps weights (how to send them)."""
+        return {"pid": os.getpid(), "dtype": wire_dtype(self.model_runner.model_config.dtype)}
+
+    def eggroll_load_weights_local(self, weights: list[tuple[str, torch.Tensor]]) -> float:
         """Replace base weights in place (checkpoint names, complete fused groups); seconds.
+        Reached only from the worker's own process (weight_transport.py): `weights` are the
+        sender's tensors, already in the engine's dtype.
 
         ``reload_weights`` re-runs vLLM's weight processing (the CPU backend repacks linear
-        weights for oneDNN) and drops every registered LoRA adapter.
+        weights for oneDNN), copying from `weights`, and drops every registered LoRA adapter.
         """
-        t0 = time.perf_counter()
-        dtype = self.model_runner.model_config.dtype
-        self._eggroll_reload([(name, t.to(dtype)) for name, t in map(decode, items)])
-        return time.perf_counter() - t0
+        return self._eggroll_reload(weights)
+
+    def eggroll_load_weights(self, items: list[TensorBytes]) -> float:
+        """eggroll_load_weights_local for tensors sent as bytes."""
+        return self._eggroll_reload([decode(item) for item in items])
 
     def eggroll_load_weights_shm(self, block_name: str, slots: list[TensorSlot]) -> float:
-        """Like eggroll_load_weights, reading the tensors from a shared-memory block
-        (weight_transport.py); the sender owns the block, the worker only copies out of it."""
-        t0 = time.perf_counter()
-        self._eggroll_reload(from_shared_memory(block_name, slots, self.model_runner.model_config.dtype))
-        return time.perf_counter() - t0
+        """eggroll_load_weights_local for tensors in a shared-memory block that the sender owns
+        (weight_transport.py); the reload reads views of it and copies what it keeps."""
+        with from_shared_memory(block_name, slots) as weights:
+            return self._eggroll_reload(weights)
 
-    def _eggroll_reload(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+    def _eggroll_reload(self, weights: list[tuple[str, torch.Tensor]]) -> float:
+        t0 = time.perf_counter()
+        dtype = self.model_runner.model_config.dtype
         with _quiet(
             "vllm.model_executor.model_loader.reload.inplace",
             "vllm.model_executor.model_loader.reload.layerwise",
         ):
-            self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+            self.model_runner.reload_weights(
+                weights_iterator=((name, t.to(dtype)) for name, t in weights), is_checkpoint_format=True
+            )
+        return time.perf_counter() - t0
