@@ -116,6 +116,8 @@ def test_train_tiny_recipe_on_vllm(tmp_path):
     metrics = read_jsonl(tmp_path / "tiny" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["new_tokens"] > 0 for m in metrics)
     assert all(m["time/population_setup"] > 0 for m in metrics)
+    # Completion lengths come from vLLM's token ids (tiny recipe: max_new_tokens 8).
+    assert all(0 <= m["completions/clipped_ratio"] <= 1 and 0 < m["completions/mean_length"] <= 8 for m in metrics)
     base = load_tensors(resolve_model("tiny-random"))
     trained = load_file(str(tmp_path / "tiny" / "checkpoints" / "step_000003" / "model.safetensors"))
     assert any(not torch.equal(base[n], trained[n]) for n in base)

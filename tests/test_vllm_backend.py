@@ -5,7 +5,8 @@ Two engines for the whole file (engine start ~20 s on a 2-core CPU):
 * ``backend``: all attention + MLP targets, population 6, rank 2, default max_loras (= 6).
 * inside test (c): a subset of targets (q, v without k; up without gate; o), population 8,
   rank 1 and max_loras=2, so vLLM must swap adapters in and out of its LoRA slots, and reloads
-  must complete fused groups from the checkpoint.
+  must complete fused groups from the checkpoint. Closing it tears down vLLM's process-wide
+  parallel groups, so every test that uses ``backend`` comes before it.
 
 The tiny model is a random Llama with hidden 64 and 2 heads: head dim 32 (vLLM's CPU attention
 supports 32, 64, 80, ...); its byte-level tokenizer makes prompts of hundreds of tokens easy,
@@ -131,7 +132,7 @@ def assert_members_match(be, hf, tiny, base, noise, members, prompts):
     assert len(roll.texts) == len(members)
     for j, m in enumerate(members):
         ids, texts = reference(hf, tiny, perturbed(base, noise, m), prompts)
-        got_ids = [row[0] for row in be.last_token_ids[j]]
+        got_ids = [row[0] for row in roll.token_ids[j]]
         got_texts = [row[0].rstrip("\ufffd") for row in roll.texts[j]]
         assert got_ids == ids, f"member {m}: token ids differ from transformers"
         assert got_texts == texts, f"member {m}: texts differ from transformers"
@@ -151,7 +152,7 @@ def test_members_match_transformers(backend, hf, tiny, products):
         roll = assert_members_match(backend, hf, tiny, base, noise, members, tiny["prompts"])
     finally:
         backend.use_population_products(True)
-    assert roll.new_tokens == sum(len(r[0]) for rows in backend.last_token_ids for r in rows) > 0
+    assert roll.new_tokens == sum(roll.lengths()) > 0
     # The test proves something only if members answer differently from each other and the base.
     per_member = [tuple(r[0] for r in rows) for rows in roll.texts]
     assert len(set(per_member)) == len(members), "members gave identical outputs; raise sigma"
@@ -295,6 +296,24 @@ def test_wire_carries_bf16_exactly():
             block.unlink()
 
 
+def test_token_ids_and_clipped_agree_with_the_torch_backend(backend, tiny):
+    """completions/* metrics mean the same on both backends: the same generated ids, and
+    clipped exactly for rows cut at max_new_tokens (not those ended by a stop string)."""
+    from eggroll_rl.backends.torch_backend import TorchBackend
+
+    probe = backend.generate(tiny["prompts"], GREEDY).texts[0]
+    # A character one row generates mid-way: that row stops early, the others run to the limit.
+    stop = next(c for row in probe for c in row[0][3:] if c.isprintable() and not c.isspace() and c != "\ufffd")
+    gen = GenerationConfig(max_new_tokens=GREEDY.max_new_tokens, temperature=0.0, stop=[stop])
+    got = backend.generate(tiny["prompts"], gen)
+    want = TorchBackend(tiny["dir"], backend.targets).generate(tiny["prompts"], gen)
+    assert got.token_ids == want.token_ids
+    assert got.clipped == want.clipped
+    flat = [c for row in got.clipped[0] for c in row]
+    assert True in flat and False in flat, flat
+    assert got.new_tokens == sum(got.lengths())
+
+
 def test_targets_vllm_cannot_perturb_are_reported(backend):
     ok = [("model.layers.0.self_attn.o_proj.weight", (64, 64))]
     assert backend._rpc("eggroll_check_targets", ok, 2) == []
@@ -354,4 +373,5 @@ def test_unsupported_vllm_version_is_one_line_error(monkeypatch, tiny):
     assert vb.vllm_lora_rank(1) == 1 and vb.vllm_lora_rank(2) == 8 and vb.vllm_lora_rank(17) == 32
     with pytest.raises(ValueError):
         vb.vllm_lora_rank(1000)
+
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..config import GenerationConfig
 from ..noise import NoiseSpec
@@ -33,6 +34,25 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     """Text before the earliest stop string (vLLM's semantics: the stop string is excluded)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
+
+
+class _StopStrings(StoppingCriteria):
+    """vLLM's stop rule in transformers' generate: a row ends after the first token with which its
+    text (special tokens skipped) contains a stop string. transformers' own ``stop_strings`` match
+    the vocabulary's token strings, special tokens included, so a generated special token such as
+    ``<|im_start|>`` could end a row whose text has no stop string. `lengths[row]`: how many
+    tokens the row had generated when it stopped (None while it has not)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int, rows: int):
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, [s for s in stop if s], prompt_width
+        self.lengths: list[int | None] = [None] * rows
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.prompt_width :]
+        for r, text in enumerate(self.tokenizer.batch_decode(new, skip_special_tokens=True)):
+            if self.lengths[r] is None and any(s in text for s in self.stop):
+                self.lengths[r] = new.shape[1]
+        return torch.tensor([n is not None for n in self.lengths], device=input_ids.device)
 
 
 class TorchBackend(Backend):
@@ -139,23 +159,24 @@ class TorchBackend(Backend):
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if gen.stop:
-            kwargs.update(stop_strings=list(gen.stop), tokenizer=tok)
+        stop = _StopStrings(tok, gen.stop, width, len(prompts)) if gen.stop else None
+        if stop is not None:
+            kwargs.update(stopping_criteria=StoppingCriteriaList([stop]))
         if gen.ignore_eos:
             kwargs.update(min_new_tokens=gen.max_new_tokens)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, width:]
         eos = kwargs["eos_token_id"]
         eos_ids = set() if gen.ignore_eos else set(eos if isinstance(eos, list) else [eos])
         texts, ids, clipped = [], [], []
-        for row in out.tolist():
-            end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
-            # Rows finished by a stop string are padded after it: padding is not generated text.
-            generated = [t for t in row[:end] if t != pad or t in eos_ids]
-            text = tok.decode(row[:end], skip_special_tokens=True)
-            stopped = truncate_at_stop(text, gen.stop)
+        for r, row in enumerate(out.tolist()):
+            # A row ends at its EOS or its stop string; what follows is padding.
+            at_eos = next((i + 1 for i, t in enumerate(row) if t in eos_ids), None)
+            at_stop = stop.lengths[r] if stop is not None else None
+            n = min(x for x in (at_eos, at_stop, len(row)) if x is not None)
+            generated = row[:n]
             ids.append(generated)
-            clipped.append(len(generated) == gen.max_new_tokens and not (set(generated[-1:]) & eos_ids) and stopped == text)
-            texts.append(stopped)
+            clipped.append(n == gen.max_new_tokens and n not in (at_eos, at_stop))
+            texts.append(truncate_at_stop(tok.decode(generated, skip_special_tokens=True), gen.stop))
         return texts, ids, clipped
 
     @torch.no_grad()

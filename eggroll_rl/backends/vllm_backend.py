@@ -231,8 +231,8 @@ class VLLMBackend(Backend):
         t0 = time.perf_counter()
         members = list(members) if noise is not None else [None]
         if not prompt_ids:
-            self.last_token_ids = [[] for _ in members]
-            return Rollout(texts=[[] for _ in members], new_tokens=0, seconds=0.0)
+            empty = [[] for _ in members]
+            return Rollout(texts=empty, new_tokens=0, seconds=0.0, token_ids=empty, clipped=empty)
         if noise is not None:
             if noise.rank != self.rank:
                 raise ValueError(f"noise.rank={noise.rank} but the engine was built for rank {self.rank}")
@@ -269,25 +269,18 @@ class VLLMBackend(Backend):
             if ids:
                 self._rpc("eggroll_remove", ids)
 
-        texts: list[list[list[str]]] = []
-        token_ids: list[list[list[list[int]]]] = []
-        new_tokens = 0
-        k = 0
-        for _member in members:
-            per_prompt, per_prompt_ids = [], []
-            for _ in prompt_ids:
-                out = outputs[k]
-                k += 1
-                per_prompt.append([c.text for c in out.outputs])
-                per_prompt_ids.append([list(c.token_ids) for c in out.outputs])
-                new_tokens += sum(len(c.token_ids) for c in out.outputs)
-            texts.append(per_prompt)
-            token_ids.append(per_prompt_ids)
-        # Generated token ids of the last call, indexed like texts (for tests and debugging).
-        self.last_token_ids = token_ids
+        # outputs are in request order: member-major, then prompt; each has its samples.
+        per_row = iter(outputs)
+        rows = [[next(per_row).outputs for _ in prompt_ids] for _ in members]
+        token_ids = [[[list(c.token_ids) for c in row] for row in member] for member in rows]
         return Rollout(
-            texts=texts, new_tokens=new_tokens, seconds=time.perf_counter() - t0,
+            texts=[[[c.text for c in row] for row in member] for member in rows],
+            new_tokens=sum(len(ids) for member in token_ids for row in member for ids in row),
+            seconds=time.perf_counter() - t0,
             setup_seconds=self.last_adapter_seconds if noise is not None else 0.0,
+            token_ids=token_ids,
+            # vLLM's "length": stopped by max_tokens (not EOS, not a stop string).
+            clipped=[[[c.finish_reason == "length" for c in row] for row in member] for member in rows],
         )
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
