@@ -45,7 +45,7 @@ cfg = from_dict({"model": args["model"], "backend": "vllm", "dtype": args["dtype
                  "es": {"population": args["population"], "rank": 1}})
 model_dir = resolve_model(args["model"])
 tok = AutoTokenizer.from_pretrained(model_dir)
-prompts = [prompt_ids(tok, f"What is {a} + {b}?", DataConfig()) for a, b in [(12, 7), (31, 45), (8, 9), (120, 33)]][: args["prompts"]]
+prompts = [prompt_ids(tok, f"What is {12 + 7 * i} + {5 + 13 * i}?", DataConfig()) for i in range(args["prompts"])]
 gen = GenerationConfig(max_new_tokens=args["tokens"], ignore_eos=True)
 noise = NoiseSpec(seed=0, step=0, sigma=1e-3, rank=1)
 backend = make_backend(cfg, model_dir, model_targets(model_dir, cfg.es.targets), prompt_tokens=max(map(len, prompts)))
