@@ -98,7 +98,8 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
 
         # Minutes of training so far (a resumed run's earlier steps count): train.time_budget_minutes.
         trained_seconds = sum(float(m.get("time/step", 0.0)) for m in run.read(METRICS))
-        progress = TrainProgress(steps, start, console=console)
+        progress = TrainProgress(steps, start, console=console, budget_seconds=cfg.train.time_budget_minutes * 60,
+                                 trained_seconds=trained_seconds)
         with progress, TreeMemory() as memory, Trackers(run, cfg) as trackers:
             if cfg.train.eval_every and start == 0:
                 progress.update(eval=run_eval(0))
