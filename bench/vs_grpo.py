@@ -115,8 +115,12 @@ def run_eggroll(args, out: Path) -> dict:
     from eggroll_rl.run_dir import METRICS, RunDir
 
     run = out / "eggroll"
+    # The time budget ends the run; a train.steps the caller gives stays (it is the horizon of
+    # es.lr_schedule / sigma_schedule), else the step cap is lifted.
+    given_steps = any(o.startswith("train.steps=") for o in [*args.overrides, *args.eggroll])
     cmd = [str(Path(sys.executable).parent / "eggroll-rl"), "train", args.recipe, *args.overrides, *args.eggroll,
-           f"output_dir={out}", "run_name=eggroll", f"train.time_budget_minutes={args.minutes}", "train.steps=100000",
+           f"output_dir={out}", "run_name=eggroll", f"train.time_budget_minutes={args.minutes}",
+           *([] if given_steps else ["train.steps=100000"]),
            "train.eval_every=0", "train.checkpoint_every=0", "train.log_samples=0"]
     peak = _watched(cmd, out / "eggroll.log")
     metrics = RunDir(run).read(METRICS)
