@@ -8,6 +8,8 @@ process that maps them, so the sum is an upper bound of the machine's memory use
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import resource
 import threading
@@ -49,6 +51,29 @@ def tree_rss_bytes(pid: int | None = None) -> int:
         total += _rss_bytes(p)
         todo += _children(p)
     return total
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def release_free_heap() -> bool:
+    """Give the pages that the C heap has freed, but keeps, back to the OS (glibc malloc_trim);
+    False where there is no such call.
+
+    A generation step allocates and frees many buffers of many sizes (batches of different
+    lengths, sampler and scheduler state); glibc keeps the freed pages for reuse, fragmented, and
+    the resident set creeps up step after step. Measured on the quickstart with the vLLM CPU
+    backend (AMD EPYC, 2 cores, 4 prompts/step): +31 MB per step without a trim after each step,
+    +6 MB with it, at the same s/step; a long run would otherwise end in the OOM killer.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class TreeMemory:

@@ -39,7 +39,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RecipeConfig
 from .data import longest_prompt, prompt_ids, rows_for_step
 from .es import EggrollES
-from .memory import TreeMemory
+from .memory import TreeMemory, release_free_heap
 from .params import load_tensors
 from .prepare import prepare
 from .progress import TrainProgress
@@ -123,6 +123,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 t_push = time.perf_counter()
                 population.push(step, fitness, master)
                 population.check(step, master)
+                release_free_heap()  # else the heap's freed pages pile up, step after step
                 t_end = time.perf_counter()
 
                 record = {
