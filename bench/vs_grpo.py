@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -166,6 +168,27 @@ def score(args, folders: dict, base: dict) -> list[dict]:
     return marks
 
 
+def machine(cfg) -> dict:
+    """What the figures depend on: the CPU (its bf16 support decides the engine dtype and a
+    several-fold speed difference), its cores, the engine dtype, the GPU where there is one."""
+    import torch
+    from eggroll_rl.backends import cpu_has_native_bf16, resolve_dtype
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "native_bf16": cpu_has_native_bf16(),
+        "engine_dtype": resolve_dtype(cfg.dtype, cfg.device),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def plot(summary: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -180,7 +203,8 @@ def plot(summary: dict, path: Path) -> None:
         mem.bar(i, method["peak_rss_gb"], color=f"C{i}")
     acc.set_xlabel("minutes of training")
     acc.set_ylabel(f"{summary['split']} accuracy (greedy), 95% CI")
-    acc.set_title(f"{summary['recipe']}: EGGROLL vs GRPO")
+    acc.set_title(f"{summary['recipe']}: EGGROLL vs GRPO\n{summary['machine']['cpu']}, {summary['machine']['cores']} cores, "
+                  f"engine {summary['machine']['engine_dtype']}", fontsize=10)
     acc.grid(alpha=0.3)
     acc.legend(fontsize=8)
     mem.set_xticks(range(len(summary["methods"])), list(summary["methods"]), rotation=30, fontsize=8)
@@ -231,10 +255,13 @@ def main() -> None:
             result = run_grpo(args, out, lr)
             marks = score(args, result.pop("folders"), base)
             methods[f"grpo (lr {lr:g})"] = {**result, "marks": marks}
-    summary = {"recipe": args.recipe, "overrides": args.overrides, "split": args.split, "minutes": args.minutes, "methods": methods}
+    summary = {"recipe": args.recipe, "overrides": args.overrides, "split": args.split, "minutes": args.minutes,
+               "machine": machine(cfg), "methods": methods}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, out / "vs_grpo.png")
-    print(f"{args.recipe} {' '.join(args.overrides)}: {args.split} accuracy at minutes of training (95% CI)")
+    where = summary["machine"]
+    print(f"{args.recipe} {' '.join(args.overrides)}: {args.split} accuracy at minutes of training (95% CI); "
+          f"{where['cpu']}, {where['cores']} cores, engine {where['engine_dtype']}{', ' + where['gpu'] if where['gpu'] else ''}")
     header = "".join(f"{m:>22g}" for m in [0, *args.marks])
     print(f"{'method':<34}{header}{'s/step':>9}{'peak GB':>9}")
     for name, method in methods.items():

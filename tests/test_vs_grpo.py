@@ -21,9 +21,10 @@ def test_vs_grpo_tiny(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["methods"]) == {"eggroll", "grpo (lr 1e-05)"}
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["engine_dtype"] in ("float32", "bfloat16")
     for method in summary["methods"].values():
         assert [m["minutes"] for m in method["marks"]] == [0, 0.1, 0.2]
         assert method["marks"][-1]["step"] >= 1 and method["peak_rss_gb"] > 0.2 and method["s_per_step"] > 0
         assert all(0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"] <= 1 for m in method["marks"])
     assert (tmp_path / "vs_grpo.png").read_bytes().startswith(b"\x89PNG")
-    assert "grpo (lr 1e-05)" in out.stdout and "peak GB" in out.stdout
+    assert "grpo (lr 1e-05)" in out.stdout and "peak GB" in out.stdout and summary["machine"]["cpu"] in out.stdout
