@@ -36,7 +36,7 @@ import json, sys, time
 from transformers import AutoTokenizer
 from eggroll_rl.backends import make_backend
 from eggroll_rl.config import DataConfig, GenerationConfig, from_dict
-from eggroll_rl.data import prompt_ids
+from eggroll_rl.data import PromptLengths, prompt_ids
 from eggroll_rl.models import resolve_model
 from eggroll_rl.noise import NoiseSpec
 from eggroll_rl.prepare import model_targets
@@ -48,7 +48,7 @@ tok = AutoTokenizer.from_pretrained(model_dir)
 prompts = [prompt_ids(tok, f"What is {12 + 7 * i} + {5 + 13 * i}?", DataConfig()) for i in range(args["prompts"])]
 gen = GenerationConfig(max_new_tokens=args["tokens"], ignore_eos=True)
 noise = NoiseSpec(seed=0, step=0, sigma=1e-3, rank=1)
-backend = make_backend(cfg, model_dir, model_targets(model_dir, cfg.es.targets), prompt_tokens=max(map(len, prompts)))
+backend = make_backend(cfg, model_dir, model_targets(model_dir, cfg.es.targets), prompt_lengths=PromptLengths.of(prompts))
 backend.generate(prompts, gen, noise, range(args["population"]))  # warm-up
 print("ready", flush=True)
 for line in sys.stdin:  # one measurement per request line

@@ -40,6 +40,7 @@ from ray.exceptions import RayActorError
 from .backends import Rollout
 from .checkpoint import load_checkpoint
 from .config import RecipeConfig, from_dict, to_dict
+from .data import PromptLengths
 from .es import EggrollES
 from .evaluation import EvalResult
 from .noise import NoiseSpec
@@ -74,7 +75,7 @@ class PopulationWorker:
     """One Ray actor: an engine, the master copy and optimizer state, the rewards."""
 
     def __init__(self, cfg_dict: dict, model_dir: str, targets: list[str], engine_log: str | None,
-                 prompt_tokens: int, cores: list[int] | None, checkpoint: str | None,
+                 prompt_lengths: PromptLengths, cores: list[int] | None, checkpoint: str | None,
                  fitness_since: list[list[float]], first_step: int) -> None:
         if cores:  # this worker's cores only: engines' threads never share a core
             os.sched_setaffinity(0, cores)
@@ -92,7 +93,7 @@ class PopulationWorker:
         for step, fitness in enumerate(fitness_since, start=first_step):  # catch up: the replay of replay.py
             self.es.tell(step, torch.tensor(fitness, dtype=FITNESS_DTYPE), self.master)
         self.population = LocalPopulation(cfg, Path(model_dir), targets, recipe_reward(cfg.rewards),
-                                          Path(engine_log) if engine_log else None, prompt_tokens)
+                                          Path(engine_log) if engine_log else None, prompt_lengths)
         if checkpoint is not None or fitness_since:
             self.population.push(first_step, torch.empty(0), self.master)
 
@@ -123,9 +124,9 @@ class RayPopulation:
     """The population over `cfg.cluster.workers` Ray actors (see the module docstring)."""
 
     def __init__(self, cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None,
-                 prompt_tokens: int, checkpoint: Path | None, start: int) -> None:
+                 prompt_lengths: PromptLengths, checkpoint: Path | None, start: int) -> None:
         self.cfg, self.model_dir, self.targets = cfg, model_dir, targets
-        self.engine_log, self.prompt_tokens = engine_log, prompt_tokens
+        self.engine_log, self.prompt_lengths = engine_log, prompt_lengths
         # Where this session started (a checkpoint, or the base at step 0) and the fitness of every
         # step since: what a replacement worker replays to catch up.
         self.checkpoint, self.first_step = checkpoint, start
@@ -155,7 +156,7 @@ class RayPopulation:
     def _start(self, slot: int):
         log = self.engine_log.with_name(f"{self.engine_log.stem}-worker{slot}{self.engine_log.suffix}") if self.engine_log else None
         return self._actor.remote(
-            to_dict(self.cfg), str(self.model_dir), self.targets, str(log) if log else None, self.prompt_tokens,
+            to_dict(self.cfg), str(self.model_dir), self.targets, str(log) if log else None, self.prompt_lengths,
             self._cores[slot], str(self.checkpoint) if self.checkpoint else None, self.fitness_since, self.first_step,
         )
 

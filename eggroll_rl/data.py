@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 from .config import ConfigError, DataConfig
 
@@ -197,9 +198,23 @@ def prompt_ids(tokenizer, question: Any, cfg: DataConfig) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def longest_prompt(tokenizer, rows: list[dict[str, Any]], cfg: DataConfig, sample: int = 2000) -> int:
-    """Tokens of the longest prompt among the first `sample` rows (sizes the engine's KV cache)."""
-    return max((len(prompt_ids(tokenizer, r["question"], cfg)) for r in rows[:sample]), default=0)
+# Training rows tokenized to size an engine (a sample: a hub dataset may have millions).
+LENGTH_SAMPLE = 2000
+
+
+@dataclass(frozen=True)
+class PromptLengths:
+    """What an engine is sized by: the longest prompt (its KV cache) and the tokens that every
+    prompt starts with (chat template, system prompt, a fixed instruction), which a prefix cache
+    computes once per member and shares among that member's prompts."""
+
+    longest: int = 0
+    shared_prefix: int = 0
+
+    @classmethod
+    def of(cls, prompts: Iterable[Sequence[int]]) -> PromptLengths:
+        prompts = [list(p) for p in prompts]
+        return cls(max(map(len, prompts), default=0), len(os.path.commonprefix(prompts)) if prompts else 0)
 
 
 def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from .backends import Backend, make_backend
 from .config import DataConfig, GenerationConfig, RecipeConfig
-from .data import prompt_ids
+from .data import PromptLengths, prompt_ids
 from .metrics import majority_vote, mean_ci, pass_at_k
 from .prepare import prepare
 from .rewards import CombinedReward, extract_final_answer
@@ -106,6 +106,5 @@ def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0, engine_log
     inputs = prepare(cfg, model_spec)
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
     prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
-    prompt_tokens = max(map(len, prompts), default=0)
-    with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log, prompt_tokens=prompt_tokens) as backend:
+    with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log, prompt_lengths=PromptLengths.of(prompts)) as backend:
         return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, cfg.data, seed=seed)

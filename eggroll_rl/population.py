@@ -22,6 +22,7 @@ import torch
 
 from .backends import Backend, Rollout, make_backend
 from .config import RecipeConfig
+from .data import PromptLengths
 from .evaluation import EvalResult, evaluate
 from .noise import NoiseSpec
 from .rewards import CombinedReward
@@ -41,9 +42,9 @@ class LocalPopulation:
     workers_alive = 1
 
     def __init__(self, cfg: RecipeConfig, model_dir: Path, targets: list[str], reward_fn: CombinedReward,
-                 engine_log: Path | None, prompt_tokens: int) -> None:
+                 engine_log: Path | None, prompt_lengths: PromptLengths) -> None:
         self.cfg, self.reward_fn = cfg, reward_fn
-        self.backend: Backend = make_backend(cfg, model_dir, targets, engine_log=engine_log, prompt_tokens=prompt_tokens)
+        self.backend: Backend = make_backend(cfg, model_dir, targets, engine_log=engine_log, prompt_lengths=prompt_lengths)
 
     def rollout(self, step: int, noise: NoiseSpec, rows: list[dict], prompts: list[list[int]], seed: int,
                 members: range | None = None) -> StepRollout:
@@ -72,15 +73,15 @@ class LocalPopulation:
 
 
 def make_population(cfg: RecipeConfig, model_dir: Path, targets: list[str], reward_fn: CombinedReward,
-                    engine_log: Path | None, prompt_tokens: int, master: dict[str, torch.Tensor],
+                    engine_log: Path | None, prompt_lengths: PromptLengths, master: dict[str, torch.Tensor],
                     checkpoint: Path | None, start: int):
     """The recipe's population, its engines holding `master` (the weights after `start` steps,
     saved in `checkpoint` when start > 0)."""
     if cfg.cluster.workers > 1:
         from .cluster import RayPopulation  # Ray is an optional extra, imported only for a cluster
 
-        return RayPopulation(cfg, model_dir, targets, engine_log, prompt_tokens, checkpoint, start)
-    population = LocalPopulation(cfg, model_dir, targets, reward_fn, engine_log, prompt_tokens)
+        return RayPopulation(cfg, model_dir, targets, engine_log, prompt_lengths, checkpoint, start)
+    population = LocalPopulation(cfg, model_dir, targets, reward_fn, engine_log, prompt_lengths)
     if start:
         population.backend.load_weights(master)
     return population

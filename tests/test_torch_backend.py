@@ -102,5 +102,18 @@ def test_kv_cache_is_sized_from_the_recipes_batches(tiny_model_dir):
     assert kv_cache_bytes(tiny_model_dir, "float32", 10, 200) == 10 * 256 * per_token * 2
     # never less than one sequence of the model's full length (512 positions here)
     assert kv_cache_bytes(tiny_model_dir, "bfloat16", 1, 10) == 512 * per_token
+    # blocks of 32: 90 tokens take three, not one of 128
+    assert kv_cache_bytes(tiny_model_dir, "bfloat16", 300, 90, block_size=32) == 256 * 96 * per_token
     cfg = load_config(None, ["model=x", "data.path=x.jsonl", "es.population=32", "es.prompts_per_step=16", "data.eval_size=200"])
     assert rows_per_call(cfg) == 512
+
+
+def test_kv_blocks_on_cpu_share_the_prompts_common_start():
+    from eggroll_rl.backends.vllm_engine import CPU_BLOCK_SIZE, cpu_block_size
+    from eggroll_rl.data import PromptLengths
+
+    lengths = PromptLengths.of([[1, 2, 3, 4, 9], [1, 2, 3, 5], [1, 2, 3, 4, 7, 7]])
+    assert lengths == PromptLengths(longest=6, shared_prefix=3)
+    assert PromptLengths.of([]) == PromptLengths(0, 0)
+    # the largest block that shares the most of the common start; none fits: vLLM's default
+    assert [cpu_block_size(n) for n in (0, 27, 32, 45, 64, 100, 128, 200)] == [CPU_BLOCK_SIZE, 128, 32, 32, 64, 96, 128, 96]

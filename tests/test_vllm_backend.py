@@ -351,6 +351,35 @@ def test_population_larger_than_max_loras_and_subset_targets(tiny, hf):
     assert be._llm is None
 
 
+# -- prompts with a common start: KV blocks the prefix cache shares ----------------------------
+
+
+def test_a_common_start_is_shared_within_each_member_only(tiny, hf):
+    """make_backend sizes KV blocks on CPU so that the prompts' common start fills whole blocks
+    (vLLM's default of 128 tokens is longer than most); a member's prompts then reuse its own
+    cached blocks of that start, never another member's or the base model's."""
+    from eggroll_rl.backends import make_backend
+    from eggroll_rl.backends.vllm_engine import CPU_BLOCK_SIZE, cpu_block_size
+    from eggroll_rl.config import from_dict
+    from eggroll_rl.data import PromptLengths
+
+    start = "Answer in one word, and think it over first. "
+    prompts = [tiny["tok"].apply_chat_template([{"role": "user", "content": start + q}], add_generation_prompt=True,
+                                               return_dict=False) for q in QUESTIONS]
+    lengths = PromptLengths.of(prompts)
+    assert 32 <= lengths.shared_prefix < CPU_BLOCK_SIZE  # blocks of 128 would share none of it
+    cfg = from_dict({"model": str(tiny["dir"]), "backend": "vllm", "dtype": "float32", "data": {"path": "unused"},
+                     "es": {"population": 4, "rank": 2}, "vllm": ENGINE})
+    targets = select_targets(tiny["shapes"], ALL_TARGETS)
+    base = base_weights(tiny, targets)
+    with make_backend(cfg, tiny["dir"], targets, prompt_lengths=lengths) as be:
+        assert be.engine_kwargs["block_size"] == cpu_block_size(lengths.shared_prefix) < CPU_BLOCK_SIZE
+        assert base_texts(be, prompts) == reference(hf, tiny, {}, prompts)[1]  # the start's blocks now cached
+        noise = NoiseSpec(seed=2, step=0, sigma=0.1, rank=2)
+        roll = assert_members_match(be, hf, tiny, base, noise, [0, 1, 2, 3], prompts)
+        assert len({tuple(r[0] for r in rows) for rows in roll.texts}) >= 3, "members alike: the test proves nothing"
+
+
 # -- (e) version check ------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import RecipeConfig
+from ..data import PromptLengths
 from .base import Backend, Rollout
 
 
@@ -47,25 +48,29 @@ def rows_per_call(cfg: RecipeConfig) -> int:
 
 
 def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None = None,
-                 prompt_tokens: int = 0) -> Backend:
+                 prompt_lengths: PromptLengths = PromptLengths()) -> Backend:
     """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch. An engine
     (vLLM) writes what it prints, and its log, to `engine_log` when given (None: the console).
-    `prompt_tokens`: the longest prompt it will see, which sizes vLLM's KV cache on CPU."""
+    `prompt_lengths`: of the prompts it will see, which size vLLM's KV cache and blocks on CPU."""
     kind = cfg.backend
     if kind == "auto":
         kind = "vllm" if vllm_available() else "torch"
     dtype = resolve_dtype(cfg.dtype, cfg.device)
     # Each engine's module is imported only when chosen (vLLM takes seconds to import).
     if kind == "vllm":
-        from .vllm_engine import CPU_MAX_NUM_SEQS, kv_cache_bytes, output_to, route_engine_logs
+        from .vllm_engine import CPU_MAX_NUM_SEQS, cpu_block_size, kv_cache_bytes, output_to, route_engine_logs
 
         options = dict(cfg.vllm)
-        # On CPU, a KV cache the size of the recipe's batches (an explicit option or the
-        # VLLM_CPU_KVCACHE_SPACE variable still wins); a GPU sizes it by memory utilization.
-        if not torch.cuda.is_available() and "kv_cache_memory_bytes" not in options and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            tokens = prompt_tokens + cfg.generation.max_new_tokens
-            options["kv_cache_memory_bytes"] = kv_cache_bytes(
-                model_dir, dtype, rows_per_call(cfg), tokens, int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS)))
+        # On CPU, KV blocks that let the prefix cache share the prompts' common start, and a KV
+        # cache the size of the recipe's batches (an explicit option or the VLLM_CPU_KVCACHE_SPACE
+        # variable still wins); a GPU sizes it by memory utilization, in blocks of 16 tokens.
+        if not torch.cuda.is_available():
+            options.setdefault("block_size", cpu_block_size(prompt_lengths.shared_prefix))
+            if "kv_cache_memory_bytes" not in options and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                tokens = prompt_lengths.longest + cfg.generation.max_new_tokens
+                options["kv_cache_memory_bytes"] = kv_cache_bytes(
+                    model_dir, dtype, rows_per_call(cfg), tokens, int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS)),
+                    block_size=int(options["block_size"]))
         # Importing and starting vLLM prints dozens of lines (per-tensor dtype notes, Triton,
         # deprecations): they belong in the engine log, not on the console.
         with output_to(engine_log):

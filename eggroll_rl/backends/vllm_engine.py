@@ -28,6 +28,8 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # vLLM 0.32's CPU defaults: KV blocks of 128 tokens, at most 256 sequences in flight (LLM class).
 CPU_BLOCK_SIZE = 128
+# Block sizes vLLM 0.32's CPU attention supports (multiples of 32) up to that default.
+CPU_BLOCK_SIZES = (32, 64, 96, 128)
 CPU_MAX_NUM_SEQS = 256
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
@@ -102,7 +104,22 @@ def set_engine_env(engine_kwargs: dict) -> None:
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
-def kv_cache_bytes(model_dir: Path, dtype: str, rows: int, tokens_per_row: int, max_num_seqs: int = CPU_MAX_NUM_SEQS) -> int:
+def cpu_block_size(shared_prefix: int) -> int:
+    """KV block size on CPU for prompts that all start with the same `shared_prefix` tokens.
+
+    vLLM's prefix cache shares whole blocks only, and its CPU default of 128 tokens is longer
+    than most prompts' common start (chat template and system prompt: 27-40 tokens), so every
+    member computed it again for each of its prompts. The size that shares the most of it, the
+    largest such (bigger blocks are cheaper); the default where no block fits. Measured on one
+    quickstart step (N=32 × 16 prompts, 16 tokens, fp32, AMD EPYC, 2 cores): 79 s with blocks of
+    128; with a 32-token shared start (a longer system prompt) and blocks of 32, 48 s; blocks of
+    32 with nothing to share cost 8% (84 s).
+    """
+    return max(CPU_BLOCK_SIZES, key=lambda size: (shared_prefix // size * size, size))
+
+
+def kv_cache_bytes(model_dir: Path, dtype: str, rows: int, tokens_per_row: int, max_num_seqs: int = CPU_MAX_NUM_SEQS,
+                   block_size: int = CPU_BLOCK_SIZE) -> int:
     """KV cache that holds every sequence vLLM keeps in flight at once (the rows of a generate
     call, up to max_num_seqs), each rounded up to whole blocks, and at least one sequence of the
     model's full length (vLLM refuses to start with less). On CPU the default is a fixed share of
@@ -112,9 +129,9 @@ def kv_cache_bytes(model_dir: Path, dtype: str, rows: int, tokens_per_row: int, 
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     per_token = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * DTYPE_BYTES[dtype]
-    blocks_per_row = -(-tokens_per_row // CPU_BLOCK_SIZE)
+    blocks_per_row = -(-tokens_per_row // block_size)
     full_length = config.get("max_position_embeddings", tokens_per_row)
-    tokens = max(min(rows, max_num_seqs) * blocks_per_row * CPU_BLOCK_SIZE, -(-full_length // CPU_BLOCK_SIZE) * CPU_BLOCK_SIZE)
+    tokens = max(min(rows, max_num_seqs) * blocks_per_row * block_size, -(-full_length // block_size) * block_size)
     return tokens * per_token
 
 
