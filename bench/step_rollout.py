@@ -1,0 +1,85 @@
+"""Seconds of one training step's rollout (every member answers the step's prompts) of a recipe,
+for several variants of it in one run.
+
+    python bench/step_rollout.py recipes/quickstart.yaml \
+        --variant "data.system_prompt=Reply with only the final number." \
+        --variant "data.system_prompt=Reply with only the final number.|vllm.block_size=32" --variant ""
+
+A variant is `|`-separated key=value overrides ("" = the recipe as it is). Each runs in a fresh
+process (an engine's options are fixed when it starts): engine start, a warm-up call, then
+`--repeats` rollouts of the first steps' prompts with that step's noise, as the trainer makes
+them. Prints, per variant, the prompts' lengths (longest, common start), the engine's KV block
+size, seconds per rollout and the ratio to the first variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def child(recipe: str, overrides: list[str], repeats: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from eggroll_rl.backends import make_backend
+    from eggroll_rl.config import load_config
+    from eggroll_rl.data import LENGTH_SAMPLE, PromptLengths, prompt_ids, rows_for_step
+    from eggroll_rl.noise import NoiseSpec
+    from eggroll_rl.prepare import prepare
+    from eggroll_rl.terminal import quiet_libraries
+
+    quiet_libraries()
+    cfg = load_config(recipe, overrides)
+    inputs = prepare(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
+    lengths = PromptLengths.of(prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.train_rows[:LENGTH_SAMPLE])
+    seconds, tokens = [], 0
+    with make_backend(cfg, inputs.model_dir, inputs.targets, prompt_lengths=lengths) as backend:
+        def rollout(step: int, members):
+            rows = rows_for_step(inputs.train_rows, step, cfg.es.prompts_per_step, cfg.data.shuffle_seed)
+            prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
+            noise = NoiseSpec(seed=cfg.seed, step=step, sigma=cfg.es.sigma, rank=cfg.es.rank)
+            return backend.generate(prompts, cfg.generation, noise, members)
+
+        rollout(0, range(2))  # warm-up: kernels, allocator
+        for step in range(repeats):
+            t = time.perf_counter()
+            tokens += rollout(step, range(cfg.es.population)).new_tokens
+            seconds.append(time.perf_counter() - t)
+        block = getattr(backend, "engine_kwargs", {}).get("block_size")
+    return {"longest": lengths.longest, "shared_prefix": lengths.shared_prefix, "block_size": block,
+            "seconds": seconds, "new_tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("--variant", action="append", default=None, help="|-separated key=value overrides (repeatable)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.recipe, json.loads(args.child), args.repeats)))
+        return
+    results = []
+    for variant in args.variant or [""]:
+        overrides = [o for o in variant.split("|") if o]
+        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), args.recipe, "--repeats", str(args.repeats),
+                              "--child", json.dumps(overrides)], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"variant {variant!r} failed:\n{out.stderr[-3000:]}")
+        results.append((variant, json.loads(out.stdout.strip().splitlines()[-1])))
+    first = sum(results[0][1]["seconds"]) / len(results[0][1]["seconds"])
+    print(f"{args.recipe}: one step's rollout, mean of {args.repeats}")
+    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}  variant")
+    for variant, r in results:
+        mean = sum(r["seconds"]) / len(r["seconds"])
+        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}  {variant or '(recipe)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""bench/step_rollout.py end to end, tiny: each variant in its own process, a line per variant."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_step_rollout_variants_side_by_side():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "step_rollout.py"), str(ROOT / "recipes" / "tiny.yaml"),
+                          "--variant", "", "--variant", "es.population=2|generation.max_new_tokens=2", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2].split()[-1] == "(recipe)" and lines[-2].split()[-2] == "1.00"
+    assert lines[-1].endswith("es.population=2|generation.max_new_tokens=2")
+    assert float(lines[-1].split()[-2]) > 0
+
+
+def test_a_failing_variant_is_named():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "step_rollout.py"), str(ROOT / "recipes" / "tiny.yaml"),
+                          "--variant", "es.population=3", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "variant 'es.population=3' failed" in out.stderr
