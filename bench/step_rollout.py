@@ -27,7 +27,7 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
 
     from eggroll_rl.backends import make_backend
     from eggroll_rl.config import load_config
-    from eggroll_rl.data import LENGTH_SAMPLE, PromptLengths, prompt_ids, rows_for_step
+    from eggroll_rl.data import PromptLengths, prompt_ids, rows_for_step, sample_prompts
     from eggroll_rl.noise import NoiseSpec
     from eggroll_rl.prepare import prepare
     from eggroll_rl.terminal import quiet_libraries
@@ -36,8 +36,8 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
     cfg = load_config(recipe, overrides)
     inputs = prepare(cfg)
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
-    lengths = PromptLengths.of(prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.train_rows[:LENGTH_SAMPLE])
-    seconds, tokens = [], 0
+    lengths = PromptLengths.of(sample_prompts(tokenizer, inputs.train_rows, cfg.data))
+    seconds = []
     with make_backend(cfg, inputs.model_dir, inputs.targets, prompt_lengths=lengths) as backend:
         def rollout(step: int, members):
             rows = rows_for_step(inputs.train_rows, step, cfg.es.prompts_per_step, cfg.data.shuffle_seed)
@@ -48,11 +48,11 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
         rollout(0, range(2))  # warm-up: kernels, allocator
         for step in range(repeats):
             t = time.perf_counter()
-            tokens += rollout(step, range(cfg.es.population)).new_tokens
+            rollout(step, range(cfg.es.population))
             seconds.append(time.perf_counter() - t)
         block = getattr(backend, "engine_kwargs", {}).get("block_size")
     return {"longest": lengths.longest, "shared_prefix": lengths.shared_prefix, "block_size": block,
-            "seconds": seconds, "new_tokens": tokens}
+            "seconds": seconds}
 
 
 def main() -> None:

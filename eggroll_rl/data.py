@@ -198,8 +198,10 @@ def prompt_ids(tokenizer, question: Any, cfg: DataConfig) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-# Training rows tokenized to size an engine (a sample: a hub dataset may have millions).
-LENGTH_SAMPLE = 2000
+def sample_prompts(tokenizer, rows: list[dict[str, Any]], cfg: DataConfig, sample: int = 2000) -> list[list[int]]:
+    """Prompt ids of the first `sample` rows: enough to size an engine by (a hub dataset may
+    have millions of rows)."""
+    return [prompt_ids(tokenizer, r["question"], cfg) for r in rows[:sample]]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from transformers import AutoTokenizer
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RecipeConfig
-from .data import LENGTH_SAMPLE, PromptLengths, prompt_ids, rows_for_step
+from .data import PromptLengths, prompt_ids, rows_for_step, sample_prompts
 from .es import EggrollES
 from .memory import TreeMemory, release_free_heap
 from .params import load_tensors
@@ -84,8 +84,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eval_prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
-    prompt_lengths = PromptLengths.of([*(prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.train_rows[:LENGTH_SAMPLE]),
-                                       *eval_prompts])
+    prompt_lengths = PromptLengths.of([*sample_prompts(tokenizer, inputs.train_rows, cfg.data), *eval_prompts])
     engine_log = None if verbose else run / ENGINE_LOG
     population = make_population(cfg, model_dir, targets, reward_fn, engine_log, prompt_lengths, master, latest, start)
     try:
