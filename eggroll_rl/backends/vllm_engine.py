@@ -111,9 +111,10 @@ def cpu_block_size(shared_prefix: int) -> int:
     than most prompts' common start (chat template and system prompt: 27-40 tokens), so every
     member computed it again for each of its prompts. The size that shares the most of it, the
     largest such (bigger blocks are cheaper); the default where no block fits. Measured on one
-    quickstart step (N=32 × 16 prompts, 16 tokens, fp32, AMD EPYC, 2 cores): 79 s with blocks of
-    128; with a 32-token shared start (a longer system prompt) and blocks of 32, 48 s; blocks of
-    32 with nothing to share cost 8% (84 s).
+    quickstart step (bench/step_rollout.py, N=32 × 16 prompts, 16 tokens, fp32, AMD EPYC, 2
+    cores): 87.2 s with blocks of 128; with a 32-token shared start (a longer system prompt) and
+    blocks of 32, 45.4 s; blocks of 32 with nothing to share 84.7 s here, 8% slower in an earlier
+    run: no clear gain, so the default stays then.
     """
     return max(CPU_BLOCK_SIZES, key=lambda size: (shared_prefix // size * size, size))
 
