@@ -3,6 +3,7 @@
     python bench/vs_grpo.py recipes/quickstart.yaml --minutes 15            # held-out, both methods
     python bench/vs_grpo.py recipes/quickstart.yaml --minutes 5 --split validation --methods grpo --grpo-lr 1e-6,1e-5,3e-5
     python bench/vs_grpo.py recipes/quickstart.yaml --minutes 5 --split validation --methods eggroll --eggroll es.lr=2.0
+    python bench/vs_grpo.py recipes/quickstart.yaml --minutes 15 --split validation --methods grpo --grpo-lr 1e-5 --grpo-steps 250
 
 Same model, training rows, prompt format (chat template, system prompt), reward functions and
 generation length for both; each method trains in a process of its own for the same minutes of
@@ -16,15 +17,18 @@ set is for the chosen ones only.
 Writes OUT/summary.json, OUT/vs_grpo.png (accuracy vs minutes with 95% CI bands; peak memory) and
 prints a table. GRPO runs as TRL users run it: TRL's defaults (lr 1e-6, 8 completions per
 prompt, bf16 autocast, β = 0, loss "dapo"), full fine-tune on CPU, except what the recipe fixes
-(completion length, the prompt format, rewards) and the learning rates swept here.
+(completion length, the prompt format, rewards) and the learning rates swept here. TRL decays
+the lr linearly to 0 over max_steps; the time budget, not max_steps, ends a run here, so the lr
+stays constant unless `--grpo-steps N` gives that horizon (as EGGROLL's train.steps gives its
+es.lr_schedule's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -67,25 +71,32 @@ def grpo_child(spec: dict) -> None:
     out = Path(spec["out"])
 
     class Marks(TrainerCallback):
-        """Saves the model at each wall-clock mark of training time; stops after the last."""
+        """Saves the model at each wall-clock mark of training time; stops after the last. Marks
+        after the last step (spec["steps"] reached first) get its weights, as EGGROLL's do."""
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start, self.done = time.perf_counter(), 0
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            elapsed = time.perf_counter() - self.start
-            while self.done < len(marks) and elapsed >= marks[self.done]:
+        def save_marks(self, state, model, elapsed: float, upto: float) -> None:
+            while self.done < len(marks) and upto >= marks[self.done]:
                 folder = out / f"mark_{spec['marks'][self.done]:g}"
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
                 (folder / "eggroll_mark.json").write_text(json.dumps({"step": state.global_step, "seconds": elapsed}))
                 self.done += 1
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            elapsed = time.perf_counter() - self.start
+            self.save_marks(state, model, elapsed, upto=elapsed)
             control.should_training_stop = self.done == len(marks)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.save_marks(state, model, time.perf_counter() - self.start, upto=math.inf)
 
     args = GRPOConfig(
         output_dir=str(out / "trainer"), learning_rate=spec["lr"], max_completion_length=cfg.generation.max_new_tokens,
         per_device_train_batch_size=spec["prompts"] * spec["generations"], num_generations=spec["generations"],
-        reward_weights=[r.weight for r in cfg.rewards], use_cpu=True, max_steps=10**6, save_strategy="no",
+        reward_weights=[r.weight for r in cfg.rewards], use_cpu=True, max_steps=spec["steps"] or 10**6, save_strategy="no",
         logging_steps=1, report_to=[], seed=cfg.seed, disable_tqdm=True,
     )
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=rewards, args=args, train_dataset=dataset,
@@ -112,17 +123,26 @@ def _watched(cmd: list[str], log: Path) -> float:
     return memory.peak / GB
 
 
+def step_cap(recipe: str, overrides: list[str]) -> list[str]:
+    """The override that lifts EGGROLL's step cap, so that only the time budget ends the run; none
+    where train.steps matters: given by the caller, or the horizon of the recipe's decaying
+    es.lr_schedule / sigma_schedule."""
+    from eggroll_rl.config import load_config
+
+    es = load_config(recipe, overrides).es
+    if any(o.startswith("train.steps=") for o in overrides) or es.lr_schedule != "constant" or es.sigma_schedule != "constant":
+        return []
+    return ["train.steps=100000"]
+
+
 def run_eggroll(args, out: Path) -> dict:
     from eggroll_rl.exporter import export_run
     from eggroll_rl.run_dir import METRICS, RunDir
 
     run = out / "eggroll"
-    # The time budget ends the run; a train.steps the caller gives stays (it is the horizon of
-    # es.lr_schedule / sigma_schedule), else the step cap is lifted.
-    given_steps = any(o.startswith("train.steps=") for o in [*args.overrides, *args.eggroll])
-    cmd = [str(Path(sys.executable).parent / "eggroll-rl"), "train", args.recipe, *args.overrides, *args.eggroll,
-           f"output_dir={out}", "run_name=eggroll", f"train.time_budget_minutes={args.minutes}",
-           *([] if given_steps else ["train.steps=100000"]),
+    overrides = [*args.overrides, *args.eggroll]
+    cmd = [str(Path(sys.executable).parent / "eggroll-rl"), "train", args.recipe, *overrides,
+           f"output_dir={out}", "run_name=eggroll", f"train.time_budget_minutes={args.minutes}", *step_cap(args.recipe, overrides),
            "train.eval_every=0", "train.checkpoint_every=0", "train.log_samples=0"]
     peak = _watched(cmd, out / "eggroll.log")
     metrics = RunDir(run).read(METRICS)
@@ -143,7 +163,7 @@ def run_eggroll(args, out: Path) -> dict:
 def run_grpo(args, out: Path, lr: float) -> dict:
     child = out / f"grpo_lr{lr:g}"
     spec = {"recipe": args.recipe, "overrides": args.overrides, "lr": lr, "marks": args.marks, "out": str(child),
-            "prompts": args.grpo_prompts, "generations": args.grpo_generations}
+            "prompts": args.grpo_prompts, "generations": args.grpo_generations, "steps": args.grpo_steps}
     peak = _watched([sys.executable, str(SELF), "--grpo-child", json.dumps(spec)], out / f"grpo_lr{lr:g}.log")
     log = json.loads((child / "train_log.json").read_text())
     folders = {}
@@ -172,18 +192,14 @@ def machine(cfg) -> dict:
     """What the figures depend on: the CPU (its bf16 support decides the engine dtype and a
     several-fold speed difference), its cores, the engine dtype, the GPU where there is one."""
     import torch
-    from eggroll_rl.backends import cpu_has_native_bf16, resolve_dtype
+    from eggroll_rl.backends import cpu_name, native_bf16_flags, read_cpuinfo, resolve_dtype
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    bf16_flags = native_bf16_flags(read_cpuinfo())
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "native_bf16": cpu_has_native_bf16(),
+        "native_bf16": bool(bf16_flags),
+        "bf16_flags": bf16_flags,
         "engine_dtype": resolve_dtype(cfg.dtype, cfg.device),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
@@ -225,6 +241,8 @@ def main() -> None:
     parser.add_argument("--grpo-lr", default="1e-6", help="learning rates to run GRPO with, comma-separated")
     parser.add_argument("--grpo-prompts", type=int, default=1, help="prompts per GRPO step (TRL default: 8 completions = 1 prompt)")
     parser.add_argument("--grpo-generations", type=int, default=8)
+    parser.add_argument("--grpo-steps", type=int, default=0,
+                        help="GRPO's max_steps, the horizon of TRL's default linear lr decay (default: none, a constant lr)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--grpo-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -254,14 +272,16 @@ def main() -> None:
         for lr in (float(x) for x in args.grpo_lr.split(",")):
             result = run_grpo(args, out, lr)
             marks = score(args, result.pop("folders"), base)
-            methods[f"grpo (lr {lr:g})"] = {**result, "marks": marks}
+            decay = f", linear decay over {args.grpo_steps} steps" if args.grpo_steps else ""
+            methods[f"grpo (lr {lr:g}{decay})"] = {**result, "marks": marks}
     summary = {"recipe": args.recipe, "overrides": args.overrides, "split": args.split, "minutes": args.minutes,
                "machine": machine(cfg), "methods": methods}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, out / "vs_grpo.png")
     where = summary["machine"]
     print(f"{args.recipe} {' '.join(args.overrides)}: {args.split} accuracy at minutes of training (95% CI); "
-          f"{where['cpu']}, {where['cores']} cores, engine {where['engine_dtype']}{', ' + where['gpu'] if where['gpu'] else ''}")
+          f"{where['cpu']}, {where['cores']} cores, native bf16: {', '.join(where['bf16_flags']) or 'none'}, "
+          f"engine {where['engine_dtype']}{', ' + where['gpu'] if where['gpu'] else ''}")
     header = "".join(f"{m:>22g}" for m in [0, *args.marks])
     print(f"{'method':<34}{header}{'s/step':>9}{'peak GB':>9}")
     for name, method in methods.items():

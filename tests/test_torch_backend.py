@@ -84,6 +84,10 @@ def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
     plain = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
     assert backends.cpu_has_native_bf16(amx) and not backends.cpu_has_native_bf16(plain)
     assert backends.cpu_has_native_bf16("flags : avx512_bf16\n")
+    # One model name covers CPUs with and without native bf16: figures name family and model too.
+    zen4 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512_bf16\n"
+    assert backends.cpu_name(zen4) == "AMD EPYC (family 25, model 17)"
+    assert backends.native_bf16_flags(zen4 + zen4) == ["avx512_bf16"]
     monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
     assert backends.resolve_dtype("auto", "cpu") == "float32"
     monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)

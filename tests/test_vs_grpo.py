@@ -16,15 +16,33 @@ from conftest import ROOT
 def test_vs_grpo_tiny(tmp_path):
     pytest.importorskip("trl")
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_grpo.py"), str(ROOT / "recipes" / "tiny.yaml"),
-                          "--minutes", "0.2", "--marks", "0.1,0.2", "--grpo-lr", "1e-5", "--out", str(tmp_path)],
+                          "--minutes", "0.2", "--marks", "0.1,0.2", "--grpo-lr", "1e-5", "--grpo-steps", "2", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["methods"]) == {"eggroll", "grpo (lr 1e-05)"}
+    grpo = "grpo (lr 1e-05, linear decay over 2 steps)"
+    assert set(summary["methods"]) == {"eggroll", grpo}
+    # GRPO's max_steps ends it before the last mark: the marks after it hold its last weights.
+    assert summary["methods"][grpo]["steps"] == 2 and summary["methods"][grpo]["marks"][-1]["step"] == 2
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["engine_dtype"] in ("float32", "bfloat16")
+    assert summary["machine"]["native_bf16"] == bool(summary["machine"]["bf16_flags"])
     for method in summary["methods"].values():
         assert [m["minutes"] for m in method["marks"]] == [0, 0.1, 0.2]
         assert method["marks"][-1]["step"] >= 1 and method["peak_rss_gb"] > 0.2 and method["s_per_step"] > 0
         assert all(0 <= m["ci_low"] <= m["accuracy"] <= m["ci_high"] <= 1 for m in method["marks"])
     assert (tmp_path / "vs_grpo.png").read_bytes().startswith(b"\x89PNG")
-    assert "grpo (lr 1e-05)" in out.stdout and "peak GB" in out.stdout and summary["machine"]["cpu"] in out.stdout
+    assert grpo in out.stdout and "peak GB" in out.stdout and summary["machine"]["cpu"] in out.stdout
+
+
+def test_eggroll_keeps_the_steps_a_decaying_schedule_is_timed_by():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vs_grpo", ROOT / "bench" / "vs_grpo.py")
+    vs_grpo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs_grpo)
+    tiny, quickstart = str(ROOT / "recipes" / "tiny.yaml"), str(ROOT / "recipes" / "quickstart.yaml")
+    assert vs_grpo.step_cap(tiny, []) == ["train.steps=100000"]  # constant lr: only the time budget ends the run
+    assert vs_grpo.step_cap(tiny, ["train.steps=5"]) == []  # the caller's cap stays
+    assert vs_grpo.step_cap(tiny, ["es.sigma_schedule=linear"]) == []
+    assert vs_grpo.step_cap(quickstart, []) == []  # its cosine decays over its own train.steps
+    assert vs_grpo.step_cap(quickstart, ["es.lr_schedule=constant"]) == ["train.steps=100000"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -21,15 +22,36 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def read_cpuinfo() -> str:
+    """Linux /proc/cpuinfo, or "" where there is none (then: no native bf16, the safe choice)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """True if this CPU's flags (Linux /proc/cpuinfo) include a native bf16 instruction set."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux: no way to tell, the safe choice is fp32
-            return False
+    return bool(native_bf16_flags(read_cpuinfo() if cpuinfo is None else cpuinfo))
+
+
+def native_bf16_flags(cpuinfo: str) -> list[str]:
+    """The flags of NATIVE_BF16_FLAGS that `cpuinfo` lists (every core lists the same)."""
     flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU as figures must name it: model name plus family/model, since one model name (e.g.
+    "AMD EPYC") covers CPUs with and without native bf16 and several-fold different speeds."""
+    fields: dict[str, str] = {}
+    for line in (read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def resolve_dtype(dtype: str, device: str = "auto") -> str:
