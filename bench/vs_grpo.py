@@ -88,7 +88,8 @@ def grpo_child(spec: dict) -> None:
         def on_step_end(self, args, state, control, model=None, **kwargs):
             elapsed = time.perf_counter() - self.start
             self.save_marks(state, model, elapsed, upto=elapsed)
-            control.should_training_stop = self.done == len(marks)
+            if self.done == len(marks):  # never cleared here: TRL's own stop at max_steps stands
+                control.should_training_stop = True
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             self.save_marks(state, model, time.perf_counter() - self.start, upto=math.inf)
