@@ -3,7 +3,7 @@
     python bench/vs_grpo.py recipes/quickstart.yaml --minutes 15            # held-out, both methods
     python bench/vs_grpo.py recipes/quickstart.yaml --minutes 5 --split validation --methods grpo --grpo-lr 1e-6,1e-5,3e-5
     python bench/vs_grpo.py recipes/quickstart.yaml --minutes 5 --split validation --methods eggroll --eggroll es.lr=2.0
-    python bench/vs_grpo.py recipes/quickstart.yaml --minutes 15 --split validation --methods grpo --grpo-lr 1e-5 --grpo-steps 250
+    python bench/vs_grpo.py recipes/quickstart.yaml --minutes 15 --split validation --methods grpo --grpo-lr 1e-5 --grpo-steps 145
 
 Same model, training rows, prompt format (chat template, system prompt), reward functions and
 generation length for both; each method trains in a process of its own for the same minutes of

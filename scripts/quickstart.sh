@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (if needed), then train SmolLM2-135M-Instruct on the quickstart task and print
-# held-out accuracy before -> after. Offline; once set up, about 17 minutes on a 2-core CPU with
-# native bf16 (amx_bf16 or avx512_bf16 in /proc/cpuinfo; 42 steps of 21 s on an AMD EPYC), about 35
+# held-out accuracy before -> after. Offline; once set up, about 15 minutes on a 2-core CPU with
+# native bf16 (amx_bf16 or avx512_bf16 in /proc/cpuinfo; 42 steps of 20 s on an AMD EPYC), about 35
 # without (fp32, 49 s per step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
