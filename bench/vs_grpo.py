@@ -195,9 +195,10 @@ def machine(cfg) -> dict:
     import torch
     from eggroll_rl.backends import cpu_name, native_bf16_flags, read_cpuinfo, resolve_dtype
 
-    bf16_flags = native_bf16_flags(read_cpuinfo())
+    cpuinfo = read_cpuinfo()
+    bf16_flags = native_bf16_flags(cpuinfo)
     return {
-        "cpu": cpu_name(),
+        "cpu": cpu_name(cpuinfo),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "native_bf16": bool(bf16_flags),
         "bf16_flags": bf16_flags,
