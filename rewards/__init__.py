@@ -1,7 +1,7 @@
 """Reward functions for eggroll-rl: ``(completions, **dataset_columns) -> list[float | None]``.
 
-Rewards are looked up by name (:func:`get_reward`: ``math_accuracy``, ``format``,
-``digit_fraction``, or any ``module.path:function``) and mixed with :func:`combine_rewards`.
+Rewards are looked up by name (:func:`get_reward`: ``math_accuracy``, ``task_accuracy``,
+``digit_match``, ``format``, ``digit_fraction``, or any ``module.path:function``) and mixed with :func:`combine_rewards`.
 math-verify is imported lazily, in the grading worker, so ``import eggroll_rl.rewards`` stays fast.
 """
 

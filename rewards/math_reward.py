@@ -12,6 +12,7 @@ strings never reach math-verify at all, and the worker caches results.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from .answers import completion_text, extract_final_answer, gold_answer
@@ -86,3 +87,37 @@ def math_accuracy(completions: list, answer: list, **kwargs) -> list[float | Non
     pairs = [(g, p) for g, p in zip(golds, preds) if g is not None and p is not None]
     scores = iter(grade_answers(pairs))
     return [None if g is None else 0.0 if p is None else next(scores) for g, p in zip(golds, preds)]
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _integer(answer: str | None) -> str | None:
+    """`answer` as a canonical integer string ("+07" -> "7"), or None if it is not an integer."""
+    return str(int(answer)) if answer is not None and _INTEGER.fullmatch(answer) else None
+
+
+@register("digit_match")
+def digit_match(completions: list, answer: list, **kwargs) -> list[float | None]:
+    """Partial credit on integer answers: the share of positions, aligned on the units digit,
+    where the final answer's characters (digits and sign) equal the gold's, over the longer of
+    the two. 138 for 128: 2/3; 1 for -1: 1/2; exactly right: 1.0; no integer answer: 0.0; a gold
+    that is not an integer: None (missing, so weight it next to an accuracy reward).
+
+    A dense signal next to strict accuracy: a wrong sum with the right units digit is closer than
+    one with none, and a perturbation that fixes one digit of an answer shows in the fitness.
+    """
+    scores: list[float | None] = []
+    for completion, gold in zip(completions, answer):
+        want = _integer(gold_answer(gold))
+        if want is None:
+            scores.append(None)
+            continue
+        got = _integer(extract_final_answer(completion_text(completion)))
+        if got is None:
+            scores.append(0.0)
+            continue
+        width = max(len(got), len(want))
+        same = sum(a == b for a, b in zip(got.rjust(width), want.rjust(width)))
+        scores.append(same / width)
+    return scores

@@ -302,6 +302,13 @@ def test_digit_fraction():
     assert digit_fraction(["a1b2", "", "1234", "none"]) == [0.5, 0.0, 1.0, 0.0]
 
 
+def test_digit_match_credits_digits_aligned_on_the_units():
+    digit_match = get_reward("digit_match")
+    completions = ["The answer is 138.", "1", "-1", "no number", "07", "12", "9 + 3 = 22", "1000"]
+    golds = ["128", "-1", "-1", "5", "7", "1/2", "12", "10"]
+    assert digit_match(completions=completions, answer=golds) == [2 / 3, 0.5, 1.0, 0.0, 1.0, None, 0.5, 0.25]
+
+
 # -- registry and combining ----------------------------------------------------------------
 
 
