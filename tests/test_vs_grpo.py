@@ -46,3 +46,22 @@ def test_eggroll_keeps_the_steps_a_decaying_schedule_is_timed_by():
     assert vs_grpo.step_cap(tiny, ["es.sigma_schedule=linear"]) == []
     assert vs_grpo.step_cap(quickstart, []) == []  # its cosine decays over its own train.steps
     assert vs_grpo.step_cap(quickstart, ["es.lr_schedule=constant"]) == ["train.steps=100000"]
+
+
+def test_memory_vs_size_builds_a_random_model_of_another_shape(tmp_path, monkeypatch):
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eggroll_rl.tiny_model import build_tiny_model
+
+    spec = importlib.util.spec_from_file_location("memory_vs_size", ROOT / "bench" / "memory_vs_size.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = build_tiny_model(tmp_path / "base")
+    monkeypatch.setitem(bench.SHAPES, "wider", (96, 160, 3, 3, 1))
+    dest = bench.random_model(base, "wider", tmp_path / "wider")
+    model = AutoModelForCausalLM.from_pretrained(dest)
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.head_dim) == (96, 3, 32)
+    assert model.model.layers[0].self_attn.k_proj.weight.shape == (32, 96)  # 1 kv head of 32
+    assert AutoTokenizer.from_pretrained(dest).chat_template == AutoTokenizer.from_pretrained(base).chat_template
