@@ -2,14 +2,16 @@
 the shapes of larger SmolLM2 models.
 
     python bench/memory_vs_size.py                                   # 135m and 360m, 3 minutes each
-    python bench/memory_vs_size.py --sizes 360m --minutes 2
+    python bench/memory_vs_size.py --sizes 135m,360m --minutes 2     # the README's figures
 
 For each size this runs `bench/vs_grpo.py` on the quickstart recipe with `model=` that size (both
 methods, the same minutes of training, validation rows) and keeps what its summary measured: the
 peak memory of each method's whole process tree and its seconds per step. 135m is the bundled
 model; the others are its architecture and tokenizer with the layer sizes of SmolLM2-360M and
 SmolLM2-1.7B and random weights (nothing can be downloaded here), so their accuracy means nothing
-and their completions run to the length cap: memory and step time are what they measure.
+and their completions run to the length cap: memory and step time are what they measure. A short
+run understates EGGROLL's peak: its RSS grows for its first ~20 steps (135M on an AMD EPYC family
+26: 3.77 GB after 2 minutes, 4.34 GB over 15).
 
 Why it exists: at 135M both methods' footprints are mostly runtime (an inference engine, PyTorch),
 and per parameter EGGROLL keeps ~6 bytes (bf16 engine weights, an fp32 master of the perturbed
@@ -24,6 +26,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -56,17 +59,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="135m,360m", help=f"comma-separated: 135m, {', '.join(SHAPES)}")
     parser.add_argument("--minutes", type=float, default=3.0, help="minutes of training per method and size")
     parser.add_argument("--recipe", default=str(HERE.parent / "recipes" / "quickstart.yaml"))
-    parser.add_argument("--out", default="outputs/memory_vs_size")
+    parser.add_argument("--out", default=None, help="default: outputs/memory_vs_size-<date>-<time>")
     args = parser.parse_args()
 
     from eggroll_rl.models import resolve_model
 
-    out = Path(args.out)
-    base = resolve_model("smollm2-135m-instruct")
-    rows = []
-    for size in args.sizes.split(","):
+    out = Path(args.out or f"outputs/memory_vs_size-{time.strftime('%Y%m%d-%H%M%S')}")
+    sizes = args.sizes.split(",")
+    for size in sizes:
         if size != "135m" and size not in SHAPES:
             raise SystemExit(f"--sizes: unknown size {size!r}; use 135m or one of {', '.join(SHAPES)}")
+        if (out / size).exists():
+            raise SystemExit(f"{out / size} already exists (a run of that size); pass another --out")
+    base = resolve_model("smollm2-135m-instruct")
+    rows = []
+    for size in sizes:
         model = base if size == "135m" else random_model(base, size, out / "models" / size)
         run_out = out / size
         subprocess.run([sys.executable, str(HERE / "vs_grpo.py"), args.recipe, f"model={model}",
