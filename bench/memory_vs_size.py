@@ -76,9 +76,11 @@ def main() -> None:
     for size in sizes:
         model = base if size == "135m" else random_model(base, size, out / "models" / size)
         run_out = out / size
-        subprocess.run([sys.executable, str(HERE / "vs_grpo.py"), args.recipe, f"model={model}",
-                        "--minutes", str(args.minutes), "--marks", str(args.minutes), "--split", "validation",
-                        "--grpo-lr", "1e-5", "--out", str(run_out)], check=True)
+        result = subprocess.run([sys.executable, str(HERE / "vs_grpo.py"), args.recipe, f"model={model}",
+                                 "--minutes", str(args.minutes), "--marks", str(args.minutes), "--split", "validation",
+                                 "--grpo-lr", "1e-5", "--out", str(run_out)])
+        if result.returncode != 0:
+            raise SystemExit(f"bench/vs_grpo.py failed on size {size} (exit {result.returncode}); its logs are in {run_out}")
         summary = json.loads((run_out / "summary.json").read_text())
         methods = summary["methods"]
         eggroll = next(v for k, v in methods.items() if k.startswith("eggroll"))
