@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +31,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # (hidden, intermediate, layers, attention heads, kv heads) of the SmolLM2 family (head_dim 64).
 SHAPES = {"360m": (960, 2560, 32, 15, 5), "1.7b": (2048, 8192, 24, 32, 32)}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
 
 def random_model(base: Path, size: str, dest: Path) -> Path:
@@ -42,15 +40,16 @@ def random_model(base: Path, size: str, dest: Path) -> Path:
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
+    from eggroll_rl.params import copy_model_files
+
     hidden, intermediate, layers, heads, kv_heads = SHAPES[size]
     config = AutoConfig.from_pretrained(base)
     config.update({"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
                    "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": hidden // heads})
+    dest.mkdir(parents=True, exist_ok=True)
+    copy_model_files(base, dest)  # tokenizer, chat template; the config is written over next
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.float32).save_pretrained(dest)
-    for name in TOKENIZER_FILES:
-        if (base / name).exists():
-            shutil.copy(base / name, dest / name)
     return dest
 
 

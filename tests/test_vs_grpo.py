@@ -3,6 +3,7 @@ by the same eval path, and the summary, table and plot are written."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,12 +35,16 @@ def test_vs_grpo_tiny(tmp_path):
     assert grpo in out.stdout and "peak GB" in out.stdout and summary["machine"]["cpu"] in out.stdout
 
 
-def test_eggroll_keeps_the_steps_a_decaying_schedule_is_timed_by():
-    import importlib.util
+def bench_module(name: str):
+    """bench/NAME.py imported as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    spec = importlib.util.spec_from_file_location("vs_grpo", ROOT / "bench" / "vs_grpo.py")
-    vs_grpo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vs_grpo)
+
+def test_eggroll_keeps_the_steps_a_decaying_schedule_is_timed_by():
+    vs_grpo = bench_module("vs_grpo")
     tiny, quickstart = str(ROOT / "recipes" / "tiny.yaml"), str(ROOT / "recipes" / "quickstart.yaml")
     assert vs_grpo.step_cap(tiny, []) == ["train.steps=100000"]  # constant lr: only the time budget ends the run
     assert vs_grpo.step_cap(tiny, ["train.steps=5"]) == []  # the caller's cap stays
@@ -49,15 +54,11 @@ def test_eggroll_keeps_the_steps_a_decaying_schedule_is_timed_by():
 
 
 def test_memory_vs_size_builds_a_random_model_of_another_shape(tmp_path, monkeypatch):
-    import importlib.util
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eggroll_rl.tiny_model import build_tiny_model
 
-    spec = importlib.util.spec_from_file_location("memory_vs_size", ROOT / "bench" / "memory_vs_size.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("memory_vs_size")
     base = build_tiny_model(tmp_path / "base")
     monkeypatch.setitem(bench.SHAPES, "wider", (96, 160, 3, 3, 1))
     dest = bench.random_model(base, "wider", tmp_path / "wider")
