@@ -135,6 +135,24 @@ def test_validation_rows_are_carved_off_training_and_never_overlap():
     assert not (questions[0] & questions[1]) and not (questions[0] & questions[2]) and not (questions[1] & questions[2])
 
 
+
+def test_validation_carves_questions_not_rows(tmp_path):
+    """A question repeated in the training data goes to validation whole: none of its copies is trained on."""
+    from eggroll_rl.config import load_config
+    from eggroll_rl.data import load_rows
+
+    questions = ["1 + 1 =", "2 + 2 =", "1 + 1 =", "3 + 3 =", "1 + 1 =", "4 + 4 =", "2 + 2 =", "5 + 5 ="]
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": "0"}) + "\n" for q in questions))
+    recipe = [f"data.path={path}", "data.eval_size=0", "train.eval_every=0", "data.shuffle_seed=3", "data.evaluate_on=validation"]
+    train, validation = load_rows(load_config(TINY, [*recipe, "data.validation_size=2"]).data)
+    carved = {r["question"] for r in validation}
+    assert len(validation) == len(carved) == 2
+    assert not carved & {r["question"] for r in train}
+    assert len(train) == len(questions) - sum(questions.count(q) for q in carved) > 0
+    with pytest.raises(Exception, match="data.validation_size: 5 leaves no training rows out of 8 \\(5 distinct questions\\)"):
+        load_rows(load_config(TINY, [*recipe, "data.validation_size=5"]).data)
+
 @pytest.mark.slow
 def test_time_budget_stops_after_the_step_that_reaches_it(tmp_path):
     result = run_cli("train", TINY, DATA, "train.steps=50", "train.time_budget_minutes=0.0001", f"output_dir={tmp_path}")
