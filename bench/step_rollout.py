@@ -9,7 +9,8 @@ A variant is `|`-separated key=value overrides ("" = the recipe as it is). Each 
 process (an engine's options are fixed when it starts): engine start, a warm-up call, then
 `--repeats` rollouts of the first steps' prompts with that step's noise, as the trainer makes
 them. Prints, per variant, the prompts' lengths (longest, common start), the engine's KV block
-size, seconds per rollout and the ratio to the first variant.
+size, seconds per rollout, the ratio to the first variant, and the peak RSS of the process tree
+(the engine's processes included) over the variant's whole run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
     from eggroll_rl.backends import make_backend
     from eggroll_rl.config import load_config
     from eggroll_rl.data import PromptLengths, prompt_ids, rows_for_step, sample_prompts
+    from eggroll_rl.memory import GB, TreeMemory
     from eggroll_rl.noise import NoiseSpec
     from eggroll_rl.prepare import prepare
     from eggroll_rl.terminal import quiet_libraries
@@ -38,7 +40,7 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
     lengths = PromptLengths.of(sample_prompts(tokenizer, inputs.train_rows, cfg.data))
     seconds = []
-    with make_backend(cfg, inputs.model_dir, inputs.targets, prompt_lengths=lengths) as backend:
+    with TreeMemory() as memory, make_backend(cfg, inputs.model_dir, inputs.targets, prompt_lengths=lengths) as backend:
         def rollout(step: int, members):
             rows = rows_for_step(inputs.train_rows, step, cfg.es.prompts_per_step, cfg.data.shuffle_seed)
             prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in rows]
@@ -52,7 +54,7 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
             seconds.append(time.perf_counter() - t)
         block = getattr(backend, "engine_kwargs", {}).get("block_size")
     return {"longest": lengths.longest, "shared_prefix": lengths.shared_prefix, "block_size": block,
-            "seconds": seconds}
+            "seconds": seconds, "peak_gb": memory.peak / GB}
 
 
 def main() -> None:
@@ -75,10 +77,10 @@ def main() -> None:
         results.append((variant, json.loads(out.stdout.strip().splitlines()[-1])))
     first = sum(results[0][1]["seconds"]) / len(results[0][1]["seconds"])
     print(f"{args.recipe}: one step's rollout, mean of {args.repeats}")
-    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}  variant")
+    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}{'peak GB':>9}  variant")
     for variant, r in results:
         mean = sum(r["seconds"]) / len(r["seconds"])
-        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}  {variant or '(recipe)'}")
+        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}{r['peak_gb']:>9.2f}  {variant or '(recipe)'}")
 
 
 if __name__ == "__main__":

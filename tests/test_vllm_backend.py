@@ -321,6 +321,11 @@ def test_targets_vllm_cannot_perturb_are_reported(backend):
                 ("model.layers.0.self_attn.nope_proj.weight", (64, 64))]:
         problems = backend._rpc("eggroll_check_targets", ok + [bad], 2)
         assert problems, f"{bad[0]} was accepted"
+    # Only the targets' layers carry LoRA wrappers: none on the embedding or the logits.
+    assert "embed_tokens" not in backend.engine_kwargs["lora_target_modules"]
+    for module in ("model.embed_tokens", "lm_head"):
+        problem, = backend._rpc("eggroll_check_targets", [(module + ".weight", (259, 64))], 2)
+        assert "no LoRA-capable vLLM module" in problem, problem
     assert backend._rpc("eggroll_list") == []
 
 

@@ -130,6 +130,11 @@ class VLLMBackend(Backend):
             max_lora_rank=vllm_lora_rank(rank),
             max_loras=max_loras,
             max_cpu_loras=max_cpu_loras,
+            # Only the targets' layers get vLLM's LoRA wrappers. Unrestricted, it wraps every
+            # module it supports, the embedding and the logits too, and runs their LoRA terms
+            # on every token although no adapter of ours has weights there; on CPU the logits
+            # one gathers a (rows, vocab, rank) copy of its B per decode step.
+            lora_target_modules=sorted({t.split(".")[-2] for t in self.targets}),
             worker_extension_cls=WORKER_EXTENSION,
             enable_prefix_caching=True,
         )
