@@ -59,10 +59,13 @@ def grpo_child(spec: dict) -> None:
     data = cfg.data
 
     def prompt(question: str):
+        """The prompt eggroll_rl.data.prompt_ids makes, in TRL's form: chat messages (TRL applies
+        the template; a final assistant message is continued, as the response prefix is) or text."""
         text = data.prompt_template.format(question=question)
-        if data.chat_template and tokenizer.chat_template:  # conversational: TRL applies the template
-            return ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else []) + [{"role": "user", "content": text}]
-        return (data.system_prompt + "\n\n" + text) if data.system_prompt else text
+        if data.chat_template and tokenizer.chat_template:
+            answer_start = [{"role": "assistant", "content": data.response_prefix}] if data.response_prefix else []
+            return ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else []) + [{"role": "user", "content": text}] + answer_start
+        return ((data.system_prompt + "\n\n" + text) if data.system_prompt else text) + data.response_prefix
 
     keep = sorted({k for r in train_rows for k in r} - {"prompt"})
     dataset = Dataset.from_list([{"prompt": prompt(r["question"]), **{k: r.get(k) for k in keep}} for r in train_rows])

@@ -57,6 +57,10 @@ class DataConfig:
     # Python format string applied to the question; `{question}` is the question text.
     prompt_template: str = "{question}"
     system_prompt: str | None = None
+    # The start of every answer, appended to the prompt after the chat template's assistant
+    # header ("The final answer is", "<think>"): the model writes on from it, and the rewards
+    # grade what it writes (TRL's `completions=`). Shorter answers, fewer decode steps.
+    response_prefix: str = ""
     # Use the tokenizer's chat template (instruct models). False: the raw prompt text.
     chat_template: bool = True
     shuffle_seed: int = 0

@@ -207,23 +207,24 @@ def reward_prompt(question: Any, cfg: DataConfig) -> str | list[dict[str, str]]:
 
 
 def prompt_ids(tokenizer, question: Any, cfg: DataConfig) -> list[int]:
-    """Token ids of one prompt: template, optional system prompt, chat template when asked.
-    A conversational question (chat messages) goes through the chat template as it is, after
-    the recipe's system prompt unless it has its own."""
+    """Token ids of one prompt: template, optional system prompt, chat template when asked, then
+    the recipe's response prefix (the answer's start). A conversational question (chat
+    messages) goes through the chat template as it is, after the recipe's system prompt unless
+    it has its own."""
     if is_conversational(question):
         has_system = question and question[0].get("role") == "system"
         messages = ([] if has_system or not cfg.system_prompt else [{"role": "system", "content": cfg.system_prompt}]) + question
-        return tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-    text = cfg.prompt_template.format(question=question)
-    if cfg.chat_template and getattr(tokenizer, "chat_template", None):
+    elif cfg.chat_template and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
-            {"role": "user", "content": text}
+            {"role": "user", "content": cfg.prompt_template.format(question=question)}
         ]
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    if cfg.system_prompt:
-        text = cfg.system_prompt + "\n\n" + text
-    return tokenizer(text)["input_ids"]
+    else:
+        text = cfg.prompt_template.format(question=question)
+        if cfg.system_prompt:
+            text = cfg.system_prompt + "\n\n" + text
+        return tokenizer(text + cfg.response_prefix)["input_ids"]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(rendered + cfg.response_prefix, add_special_tokens=False)["input_ids"]
 
 
 def sample_prompts(tokenizer, rows: list[dict[str, Any]], cfg: DataConfig, sample: int = 2000) -> list[list[int]]:

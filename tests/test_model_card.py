@@ -135,6 +135,15 @@ def test_each_kind_of_data_gets_its_display_dataset_id_and_tags(base_dir, data, 
         assert meta["model-index"][0]["results"][0]["dataset"]["type"] == dataset_id
 
 
+def test_the_prompt_format_a_user_must_repeat_is_named(base_dir):
+    _, plain = split(card(base_dir))
+    assert "system prompt" not in plain and "every answer started" not in plain
+    data = {"path": "data/gsm8k_mini.jsonl", "system_prompt": "Be brief.", "response_prefix": "The final answer is"}
+    _, body = split(card(base_dir, data=data))
+    task = next(line for line in body.splitlines() if line.startswith("- **Task / data:**"))
+    assert 'system prompt "Be brief."' in task and 'every answer started with "The final answer is"' in task
+
+
 def test_pipes_in_target_regexes_stay_escaped_in_the_table(base_dir):
     targets = [r".*\.(q_proj|k_proj)\.weight", r".*mlp\.(up|down)_proj\.weight"]
     _, body = split(card(base_dir, es={"targets": targets}))

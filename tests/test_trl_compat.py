@@ -63,6 +63,23 @@ def test_trl_dataset_formats_load_and_prompt_alike(datasets):
     assert prompt_ids(tok, text, system) == prompt_ids(tok, messages, system)  # the system prompt is added to both
 
 
+def test_a_response_prefix_is_the_answers_start_as_trl_continues_it():
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    text, messages = "What is 2 + 2?", [{"role": "user", "content": "What is 2 + 2?"}]
+    prefixed = DataConfig(system_prompt="Be brief.", response_prefix="The final answer is")
+    ids = prompt_ids(tok, text, prefixed)
+    assert ids == prompt_ids(tok, messages, prefixed)
+    assert tok.decode(ids).endswith("<|im_start|>assistant\nThe final answer is")
+    # What bench/vs_grpo.py hands TRL: the prefix as a final assistant message, which TRL's
+    # apply_chat_template continues (continue_final_message) instead of closing.
+    trl_form = [{"role": "system", "content": "Be brief."}, *messages, {"role": "assistant", "content": "The final answer is"}]
+    rendered = tok.apply_chat_template(trl_form, tokenize=False, continue_final_message=True)
+    assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
+    assert prompt_ids(tok, text, DataConfig(system_prompt="Be brief.")) == prompt_ids(tok, text, prefixed)[: -len(tok("The final answer is", add_special_tokens=False)["input_ids"])]
+    raw = DataConfig(chat_template=False, response_prefix=" Answer:")
+    assert tok.decode(prompt_ids(tok, text, raw)) == "What is 2 + 2? Answer:"
+
+
 def test_real_trl_rewards_on_conversational_data(datasets):
     pytest.importorskip("trl")
     _, conversational = datasets
