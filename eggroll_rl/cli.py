@@ -94,7 +94,7 @@ def train(
         before, after = evals[0], evals[-1]
         table = results_table(
             [(f"before (step {before['step']})", before), (f"after (step {after['step']})", after)],
-            title=f"{cfg.data.evaluate_on.replace('_', '-')} {cfg.data.path}: {after['n']} prompts, greedy",
+            title=f"{cfg.data.eval_set} {cfg.data.path}: {after['n']} prompts, greedy",
         )
         add_difference_row(table, before, after)
         console.print(table)
@@ -173,7 +173,7 @@ def eval_(
         for spec, result in results:
             result.write_jsonl(f, spec)
     summaries = [(spec, r.summary()) for spec, r in results]
-    table = results_table(summaries, title=f"eval on {cfg.data.path} ({summaries[0][1]['n']} held-out prompts)")
+    table = results_table(summaries, title=f"eval on {cfg.data.path} ({summaries[0][1]['n']} {cfg.data.eval_set} prompts)")
     if compare:
         add_difference_row(table, summaries[1][1], summaries[0][1])
     console.print(table)

@@ -74,6 +74,11 @@ class DataConfig:
     validation_size: int = 0
     evaluate_on: Literal["held_out", "validation"] = "held_out"
 
+    @property
+    def eval_set(self) -> str:
+        """What evals score, as tables and cards name it: "held-out" or "validation"."""
+        return self.evaluate_on.replace("_", "-")
+
 
 @dataclass
 class GenerationConfig:

@@ -144,6 +144,14 @@ def test_the_prompt_format_a_user_must_repeat_is_named(base_dir):
     assert 'system prompt "Be brief."' in task and 'every answer started with "The final answer is"' in task
 
 
+def test_a_run_scored_on_validation_rows_does_not_call_them_held_out(base_dir):
+    data = {"path": "data/gsm8k_mini.jsonl", "validation_size": 40, "evaluate_on": "validation"}
+    meta, body = split(card(base_dir, data=data))
+    assert "Greedy decoding on 40 validation prompts" in body and "held-out" not in body
+    assert "validation eval: 40 rows carved off the training data" in body
+    assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "validation (40 rows carved off train)"
+
+
 def test_pipes_in_target_regexes_stay_escaped_in_the_table(base_dir):
     targets = [r".*\.(q_proj|k_proj)\.weight", r".*mlp\.(up|down)_proj\.weight"]
     _, body = split(card(base_dir, es={"targets": targets}))
