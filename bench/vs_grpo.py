@@ -48,7 +48,7 @@ def grpo_child(spec: dict) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from eggroll_rl.config import load_config
-    from eggroll_rl.data import load_rows
+    from eggroll_rl.data import load_rows, prompt_form
     from eggroll_rl.models import resolve_model
     from eggroll_rl.rewards import get_reward
 
@@ -58,14 +58,13 @@ def grpo_child(spec: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = cfg.data
 
-    def prompt(question: str):
+    def prompt(question):
         """The prompt eggroll_rl.data.prompt_ids makes, in TRL's form: chat messages (TRL applies
-        the template; a final assistant message is continued, as the response prefix is) or text."""
-        text = data.prompt_template.format(question=question)
-        if data.chat_template and tokenizer.chat_template:
-            answer_start = [{"role": "assistant", "content": data.response_prefix}] if data.response_prefix else []
-            return ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else []) + [{"role": "user", "content": text}] + answer_start
-        return ((data.system_prompt + "\n\n" + text) if data.system_prompt else text) + data.response_prefix
+        the template and continues a final assistant message, as the response prefix is) or text."""
+        form = prompt_form(tokenizer, question, data)
+        if isinstance(form, str):
+            return form + data.response_prefix
+        return form + ([{"role": "assistant", "content": data.response_prefix}] if data.response_prefix else [])
 
     keep = sorted({k for r in train_rows for k in r} - {"prompt"})
     dataset = Dataset.from_list([{"prompt": prompt(r["question"]), **{k: r.get(k) for k in keep}} for r in train_rows])

@@ -206,24 +206,27 @@ def reward_prompt(question: Any, cfg: DataConfig) -> str | list[dict[str, str]]:
     return question if is_conversational(question) else cfg.prompt_template.format(question=question)
 
 
-def prompt_ids(tokenizer, question: Any, cfg: DataConfig) -> list[int]:
-    """Token ids of one prompt: template, optional system prompt, chat template when asked, then
-    the recipe's response prefix (the answer's start). A conversational question (chat
-    messages) goes through the chat template as it is, after the recipe's system prompt unless
-    it has its own."""
+def prompt_form(tokenizer, question: Any, cfg: DataConfig) -> str | list[dict[str, str]]:
+    """One prompt before tokenization, without the response prefix: chat messages (optional
+    system prompt, then the templated question) when the chat template applies, else the raw
+    text. A conversational question (chat messages) is kept as it is, after the recipe's system
+    prompt unless it has its own."""
     if is_conversational(question):
         has_system = question and question[0].get("role") == "system"
-        messages = ([] if has_system or not cfg.system_prompt else [{"role": "system", "content": cfg.system_prompt}]) + question
-    elif cfg.chat_template and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
-            {"role": "user", "content": cfg.prompt_template.format(question=question)}
-        ]
-    else:
-        text = cfg.prompt_template.format(question=question)
-        if cfg.system_prompt:
-            text = cfg.system_prompt + "\n\n" + text
-        return tokenizer(text + cfg.response_prefix)["input_ids"]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return ([] if has_system or not cfg.system_prompt else [{"role": "system", "content": cfg.system_prompt}]) + question
+    text = cfg.prompt_template.format(question=question)
+    if cfg.chat_template and getattr(tokenizer, "chat_template", None):
+        return ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [{"role": "user", "content": text}]
+    return cfg.system_prompt + "\n\n" + text if cfg.system_prompt else text
+
+
+def prompt_ids(tokenizer, question: Any, cfg: DataConfig) -> list[int]:
+    """Token ids of one prompt (`prompt_form`), then the recipe's response prefix (the answer's
+    start)."""
+    form = prompt_form(tokenizer, question, cfg)
+    if isinstance(form, str):
+        return tokenizer(form + cfg.response_prefix)["input_ids"]
+    rendered = tokenizer.apply_chat_template(form, tokenize=False, add_generation_prompt=True)
     return tokenizer(rendered + cfg.response_prefix, add_special_tokens=False)["input_ids"]
 
 
