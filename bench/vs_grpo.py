@@ -257,15 +257,20 @@ def main() -> None:
     args.marks = [float(m) for m in args.marks.split(",")] if args.marks else [round(args.minutes * f, 3) for f in (1 / 3, 2 / 3, 1)]
     if args.split == "validation" and not any(o.startswith("data.validation_size=") for o in args.overrides):
         args.overrides.append("data.validation_size=200")
-    out = Path(args.out or f"outputs/vs_grpo-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
 
-    from eggroll_rl.config import load_config
+    from eggroll_rl.config import ConfigError, load_config
     from eggroll_rl.evaluation import evaluate_model
     from eggroll_rl.terminal import quiet_libraries
 
     quiet_libraries()
-    cfg = load_config(args.recipe, [*args.overrides, f"data.evaluate_on={args.split}"])
+    try:  # both methods' recipes, before the first minute of work
+        cfg = load_config(args.recipe, [*args.overrides, f"data.evaluate_on={args.split}"])
+        if "eggroll" in args.methods:
+            load_config(args.recipe, [*args.overrides, *args.eggroll])
+    except ConfigError as e:
+        sys.exit(f"vs_grpo.py: {e}")
+    out = Path(args.out or f"outputs/vs_grpo-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
     base = {k: v for k, v in evaluate_model(cfg, cfg.model).summary().items() if k in ("accuracy", "ci_low", "ci_high", "n")}
     methods = {}
     if "eggroll" in args.methods:

@@ -35,6 +35,16 @@ def test_vs_grpo_tiny(tmp_path):
     assert grpo in out.stdout and "peak GB" in out.stdout and summary["machine"]["cpu"] in out.stdout
 
 
+def test_a_bad_eggroll_override_stops_before_any_work(tmp_path):
+    # Space-joined overrides in one --eggroll: one line naming the key, before the base model is scored.
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_grpo.py"), str(ROOT / "recipes" / "tiny.yaml"),
+                          "--methods", "eggroll", "--eggroll", "train.steps=12 es.lr=0.4", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("vs_grpo.py: train.steps")
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
 def bench_module(name: str):
     """bench/NAME.py imported as a module (bench/ is scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")

@@ -14,17 +14,20 @@ Here the same sum is three dense products per layer, on the slot tensors vLLM al
                           M (tokens × S·L·r): 1 in the columns of the token's slot, else 0
     y += Z · B            B (S·L·r × out): block-diagonal, block s = slice s's B of every slot
 
-The GEMMs do L times the work of a per-token product (and B's zero blocks S times more) but run
-as three calls instead of ~40; M is built once per forward pass (per token-to-slot mapping),
-not per layer. Measured alone (one core, 128 tokens, bf16, L=32, r=1), the four LoRA layers of a
-SmolLM2 block cost 39% of their base matmuls this way, against 170% for vLLM's ops; what remains
-is fixed cost: oneDNN runs GEMMs this small at a seventh of its large-GEMM speed, and adding
-into y is one more pass over the layer's output.
+Only the slots some token of the batch uses enter A, B and M (K of the L; a batch holds a few
+members' rows), so the GEMMs do K times the work of a per-token product (and B's zero blocks S
+times more) but run as three calls instead of ~40; M and the K slots' row indices are found once
+per forward pass (per token-to-slot mapping), not per layer. Measured alone (one core, 128
+tokens, bf16, all L=32 slots, r=1), the four LoRA layers of a SmolLM2 block cost 39% of their
+base matmuls this way, against 170% for vLLM's ops; what remains is fixed cost: oneDNN runs
+GEMMs this small at a seventh of its large-GEMM speed, and adding into y is one more pass over
+the layer's output. The quickstart's rollout (64 members × 32 prompts, bench/step_rollout.py, AMD
+EPYC family 25 model 17, bf16) took 54-56 s with the batch's slots only, 65-66 s with all 64.
 
 :func:`install` puts it in place inside the worker: every LoRA linear layer's ``lora_a_stacked``
 and ``lora_b_stacked`` become views of the two matrices A and B (``_Stacked.mat``) that the
-GEMMs read without copying, and the CPU punica wrapper's ``add_lora_linear`` uses them. vLLM
-still owns the slots (``set_lora``/``reset_lora`` write through the views, also when a
+GEMMs read (all of them in place, or the batch's slots' rows gathered), and the CPU punica
+wrapper's ``add_lora_linear`` uses them. vLLM still owns the slots (``set_lora``/``reset_lora`` write through the views, also when a
 population larger than max_loras swaps adapters), the token-to-slot mapping
 (``update_metadata``, ``token_lora_indices``, ``no_lora``) and everything else. Layers it does
 not recognise keep vLLM's own path, and so does everything off CPU (vLLM's GPU kernels gather
@@ -79,9 +82,15 @@ def _restack_b(old: tuple[torch.Tensor, ...]) -> _Stacked:
     return stacked
 
 
-def _slot_mask(wrapper, dtype: torch.dtype, slices: int, slots: int, rank: int) -> torch.Tensor | None:
-    """(tokens, slices·slots·rank) 0/1: which columns of H belong to each token's slot; None
-    when no token has an adapter. Cached until the wrapper's next mapping update."""
+def _slot_columns(wrapper, dtype: torch.dtype, slices: int, slots: int, rank: int):
+    """(mask, cols) for the columns of H = x·Aᵀ that belong to a slot some token uses: `cols`
+    their row indices in A and B (None: all of them), `mask` (tokens × those columns) 1 where
+    the column is the token's slot, else 0. None when no token has an adapter. Cached until the
+    wrapper's next mapping update.
+
+    A batch holds a few members' rows (the trainer sends them member-major, and at most
+    max_num_seqs run at once: 256 rows of 32 prompts are 8-9 members of 64 slots); products
+    over only their slots do that fraction of the LoRA work, for one small row gather per layer."""
     key = (dtype, slices, slots, rank)
     cache = wrapper._eggroll_masks
     if key not in cache:
@@ -90,9 +99,15 @@ def _slot_mask(wrapper, dtype: torch.dtype, slices: int, slots: int, rank: int) 
         if rows.numel() == 0:
             cache[key] = None
         else:
-            mask = torch.zeros(idx.shape[0], slices, slots, rank, dtype=dtype, device=idx.device)
-            mask[rows, :, idx[rows]] = 1
-            cache[key] = mask.view(idx.shape[0], slices * slots * rank)
+            active, position = torch.unique(idx[rows], return_inverse=True)
+            mask = torch.zeros(idx.shape[0], slices, active.numel(), rank, dtype=dtype, device=idx.device)
+            mask[rows, :, position] = 1
+            mask = mask.view(idx.shape[0], -1)
+            cols = None
+            if active.numel() < slots:  # A's rows are (slice, slot, rank)-major
+                slot_rows = torch.arange(slices, device=idx.device)[:, None] * slots + active[None, :]
+                cols = (slot_rows[..., None] * rank + torch.arange(rank, device=idx.device)).reshape(-1)
+            cache[key] = (mask, cols)
     return cache[key]
 
 
@@ -105,12 +120,15 @@ def _add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_s
         return y
     a, b = lora_a_stacked.mat, lora_b_stacked.mat
     slots, _, rank, _ = lora_a_stacked[0].shape
-    mask = _slot_mask(self, a.dtype, len(output_slices), slots, rank)
-    if mask is None:
+    columns = _slot_columns(self, a.dtype, len(output_slices), slots, rank)
+    if columns is None:
         return y
+    mask, cols = columns
     x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
     if x2.shape[0] != mask.shape[0]:  # not one row per mapped token: leave it to vLLM
         return self._eggroll_vllm_add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs)
+    if cols is not None:
+        a, b = a.index_select(0, cols), b.index_select(0, cols)
     z = torch.mm(x2.to(a.dtype), a.T).mul_(mask)  # H ⊙ M
     if scale != 1.0:
         z.mul_(scale)
