@@ -22,7 +22,8 @@ tokens, bf16, all L=32 slots, r=1), the four LoRA layers of a SmolLM2 block cost
 base matmuls this way, against 170% for vLLM's ops; what remains is fixed cost: oneDNN runs
 GEMMs this small at a seventh of its large-GEMM speed, and adding into y is one more pass over
 the layer's output. The quickstart's rollout (64 members × 32 prompts, bench/step_rollout.py, AMD
-EPYC family 25 model 17, bf16) took 54-56 s with the batch's slots only, 65-66 s with all 64.
+EPYC family 25 model 17, bf16) took 0.84-0.91× the time with the batch's slots only as with all
+64, in three pairs of runs.
 
 :func:`install` puts it in place inside the worker: every LoRA linear layer's ``lora_a_stacked``
 and ``lora_b_stacked`` become views of the two matrices A and B (``_Stacked.mat``) that the
