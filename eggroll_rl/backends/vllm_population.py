@@ -90,8 +90,9 @@ def _slot_columns(wrapper, dtype: torch.dtype, slices: int, slots: int, rank: in
     wrapper's next mapping update.
 
     A batch holds a few members' rows (the trainer sends them member-major, and at most
-    max_num_seqs run at once: 256 rows of 32 prompts are 8-9 members of 64 slots); products
-    over only their slots do that fraction of the LoRA work, for one small row gather per layer."""
+    max_num_seqs run at once: in a quickstart rollout, 10.7 of 64 members per forward pass,
+    token-weighted, at most 16); products over only their slots do that fraction of the LoRA
+    work, for one small row gather per layer."""
     key = (dtype, slices, slots, rank)
     cache = wrapper._eggroll_masks
     if key not in cache:
