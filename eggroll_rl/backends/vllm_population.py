@@ -28,9 +28,10 @@ EPYC family 25 model 17, bf16) took 0.84-0.91× the time with the batch's slots 
 :func:`install` puts it in place inside the worker: every LoRA linear layer's ``lora_a_stacked``
 and ``lora_b_stacked`` become views of the two matrices A and B (``_Stacked.mat``) that the
 GEMMs read (all of them in place, or the batch's slots' rows gathered), and the CPU punica
-wrapper's ``add_lora_linear`` uses them. vLLM still owns the slots (``set_lora``/``reset_lora`` write through the views, also when a
-population larger than max_loras swaps adapters), the token-to-slot mapping
-(``update_metadata``, ``token_lora_indices``, ``no_lora``) and everything else. Layers it does
+wrapper's ``add_lora_linear`` uses them. vLLM still owns the slots (``set_lora``/``reset_lora``
+write through the views, also when a population larger than max_loras swaps adapters), the
+token-to-slot mapping (``update_metadata``, ``token_lora_indices``, ``no_lora``) and everything
+else. Layers it does
 not recognise keep vLLM's own path, and so does everything off CPU (vLLM's GPU kernels gather
 per token efficiently).
 
