@@ -31,9 +31,8 @@ GEMMs read (all of them in place, or the batch's slots' rows gathered), and the 
 wrapper's ``add_lora_linear`` uses them. vLLM still owns the slots (``set_lora``/``reset_lora``
 write through the views, also when a population larger than max_loras swaps adapters), the
 token-to-slot mapping (``update_metadata``, ``token_lora_indices``, ``no_lora``) and everything
-else. Layers it does
-not recognise keep vLLM's own path, and so does everything off CPU (vLLM's GPU kernels gather
-per token efficiently).
+else. Layers it does not recognise keep vLLM's own path, and so does everything off CPU (vLLM's
+GPU kernels gather per token efficiently).
 
 vLLM internals used (0.32, see vllm_engine.SUPPORTED_VLLM): ``PunicaWrapperCPU``,
 ``LoRAModelManager.punica_wrapper_mapping`` and ``.modules``, ``BaseLinearLayerWithLoRA``'s
@@ -91,9 +90,9 @@ def _slot_columns(wrapper, dtype: torch.dtype, slices: int, slots: int, rank: in
     wrapper's next mapping update.
 
     A batch holds a few members' rows (the trainer sends them member-major, and at most
-    max_num_seqs run at once: in a quickstart rollout, 10.7 of 64 members per forward pass,
-    token-weighted, at most 16); products over only their slots do that fraction of the LoRA
-    work, for one small row gather per layer."""
+    max_num_seqs run at once: 256 rows of 32 prompts each span about 8 of the quickstart's 64
+    members, a few more while finished rows are replaced); products over only their slots do
+    that fraction of the LoRA work, for one small row gather per layer."""
     key = (dtype, slices, slots, rank)
     cache = wrapper._eggroll_masks
     if key not in cache:
