@@ -11,6 +11,10 @@ process (an engine's options are fixed when it starts): engine start, a warm-up 
 them. Prints, per variant, the prompts' lengths (longest, common start), the engine's KV block
 size, seconds per rollout, the ratio to the first variant, and the peak RSS of the process tree
 (the engine's processes included) over the variant's whole run.
+
+`--reload` pushes the model's own (unchanged) weights into the engine after every rollout, the
+way the trainer pushes its update: the rollouts after the first then show what a reload costs the
+engine's generation, apart from any change of the weights' values.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import time
 from pathlib import Path
 
 
-def child(recipe: str, overrides: list[str], repeats: int) -> dict:
+def child(recipe: str, overrides: list[str], repeats: int, reload: bool) -> dict:
+    import torch
     from transformers import AutoTokenizer
 
     from eggroll_rl.backends import make_backend
@@ -31,6 +36,7 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
     from eggroll_rl.data import PromptLengths, prompt_ids, rows_for_step, sample_prompts
     from eggroll_rl.memory import GB, TreeMemory
     from eggroll_rl.noise import NoiseSpec
+    from eggroll_rl.params import load_tensors
     from eggroll_rl.prepare import prepare
     from eggroll_rl.terminal import quiet_libraries
 
@@ -52,6 +58,8 @@ def child(recipe: str, overrides: list[str], repeats: int) -> dict:
             t = time.perf_counter()
             rollout(step, range(cfg.es.population))
             seconds.append(time.perf_counter() - t)
+            if reload:
+                backend.load_weights(load_tensors(inputs.model_dir, inputs.targets, dtype=torch.float32))
         block = getattr(backend, "engine_kwargs", {}).get("block_size")
     return {"longest": lengths.longest, "shared_prefix": lengths.shared_prefix, "block_size": block,
             "seconds": seconds, "peak_gb": memory.peak / GB}
@@ -62,25 +70,27 @@ def main() -> None:
     parser.add_argument("recipe")
     parser.add_argument("--variant", action="append", default=None, help="|-separated key=value overrides (repeatable)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--reload", action="store_true", help="push the unchanged weights after every rollout")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.recipe, json.loads(args.child), args.repeats)))
+        print(json.dumps(child(args.recipe, json.loads(args.child), args.repeats, args.reload)))
         return
     results = []
     for variant in args.variant or [""]:
         overrides = [o for o in variant.split("|") if o]
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), args.recipe, "--repeats", str(args.repeats),
-                              "--child", json.dumps(overrides)], capture_output=True, text=True)
+                              *(["--reload"] if args.reload else []), "--child", json.dumps(overrides)], capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"variant {variant!r} failed:\n{out.stderr[-3000:]}")
         results.append((variant, json.loads(out.stdout.strip().splitlines()[-1])))
     first = sum(results[0][1]["seconds"]) / len(results[0][1]["seconds"])
-    print(f"{args.recipe}: one step's rollout, mean of {args.repeats}")
-    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}{'peak GB':>9}  variant")
+    print(f"{args.recipe}: one step's rollout, mean of {args.repeats}" + (", weights reloaded after each" if args.reload else ""))
+    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}{'peak GB':>9}  {'each rollout (s)':<20}variant")
     for variant, r in results:
         mean = sum(r["seconds"]) / len(r["seconds"])
-        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}{r['peak_gb']:>9.2f}  {variant or '(recipe)'}")
+        each = ",".join(f"{s:.1f}" for s in r["seconds"])
+        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}{r['peak_gb']:>9.2f}  {each:<20}{variant or '(recipe)'}")
 
 
 if __name__ == "__main__":
