@@ -86,11 +86,11 @@ def main() -> None:
         results.append((variant, json.loads(out.stdout.strip().splitlines()[-1])))
     first = sum(results[0][1]["seconds"]) / len(results[0][1]["seconds"])
     print(f"{args.recipe}: one step's rollout, mean of {args.repeats}" + (", weights reloaded after each" if args.reload else ""))
-    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}{'peak GB':>9}  {'each rollout (s)':<20}variant")
+    print(f"{'longest':>8}{'common':>8}{'block':>7}{'s/rollout':>11}{'ratio':>7}{'peak GB':>9}  {'each rollout (s)':<19} variant")
     for variant, r in results:
         mean = sum(r["seconds"]) / len(r["seconds"])
-        each = ",".join(f"{s:.1f}" for s in r["seconds"])
-        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}{r['peak_gb']:>9.2f}  {each:<20}{variant or '(recipe)'}")
+        each = ",".join(f"{s:.2f}" for s in r["seconds"])
+        print(f"{r['longest']:>8}{r['shared_prefix']:>8}{r['block_size'] or '-':>7}{mean:>11.1f}{mean / first:>7.2f}{r['peak_gb']:>9.2f}  {each:<19} {variant or '(recipe)'}")
 
 
 if __name__ == "__main__":
