@@ -7,7 +7,8 @@
 For a task of two-term sums (the quickstart's reasoning-gym chain_sum, "... 96 + 22 ="), each
 question falls in one kind: a + b without a carry out of the ones, a + b with one, a − b ≥ 0,
 a − b < 0. Prints, for every model in the files (the JSONL's `model` field), the accuracy (a
-completion whose reward is 1) on each kind and overall, with how many questions each kind holds.
+completion whose reward is 1) on each kind and overall, with how many questions each kind holds
+(greedy evals, one completion per question; with `--samples k` every sample counts).
 Questions of another shape count under "other".
 """
 
