@@ -54,12 +54,13 @@ def child(recipe: str, overrides: list[str], repeats: int, reload: bool) -> dict
             return backend.generate(prompts, cfg.generation, noise, members)
 
         rollout(0, range(2))  # warm-up: kernels, allocator
+        weights = load_tensors(inputs.model_dir, inputs.targets, dtype=torch.float32) if reload else None
         for step in range(repeats):
             t = time.perf_counter()
             rollout(step, range(cfg.es.population))
             seconds.append(time.perf_counter() - t)
-            if reload:
-                backend.load_weights(load_tensors(inputs.model_dir, inputs.targets, dtype=torch.float32))
+            if weights is not None:
+                backend.load_weights(weights)
         block = getattr(backend, "engine_kwargs", {}).get("block_size")
     return {"longest": lengths.longest, "shared_prefix": lengths.shared_prefix, "block_size": block,
             "seconds": seconds, "peak_gb": memory.peak / GB}

@@ -6,8 +6,8 @@
 
 For a task of two-term sums (the quickstart's reasoning-gym chain_sum, "... 96 + 22 ="), each
 question falls in one kind: a + b without a carry out of the ones, a + b with one, a − b ≥ 0,
-a − b < 0. Prints, for every model in the files (the JSONL's `model` field), the accuracy (a
-completion whose reward is 1) on each kind and overall, with how many questions each kind holds
+a − b < 0. Prints, for every model in the files (the JSONL's `model` field), the accuracy (the
+completions eval counts as correct: the recipe's first reward is 1) on each kind and overall, with how many questions each kind holds
 (greedy evals, one completion per question; with `--samples k` every sample counts).
 Questions of another shape count under "other".
 """
@@ -39,7 +39,7 @@ def accuracy_by_kind(lines: list[dict]) -> dict[str, dict[str, tuple[int, int]]]
     """{model: {kind: (correct, questions)}}, with an "all" kind, for greedy eval lines."""
     table: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for line in lines:
-        hit = int(line["reward"] == 1.0)
+        hit = int(line["correct"])
         for kind in (kind_of(line["question"]), "all"):
             table[line["model"]][kind][0] += hit
             table[line["model"]][kind][1] += 1

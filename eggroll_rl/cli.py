@@ -127,7 +127,7 @@ def eval_(
     samples: int = typer.Option(1, "--samples", "-k", help="Samples per prompt: 1 = greedy accuracy; k > 1 adds pass@k and maj@k."),
     temperature: float = typer.Option(0.7, help="Sampling temperature when --samples > 1."),
     compare: Optional[str] = typer.Option(None, "--compare", help="A second model (e.g. the base) scored on the same prompts."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file for every completion and its rewards."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file for every completion: whether it is correct, and its rewards."),
     seed: int = typer.Option(0, help="Sampling seed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the engine's own output live (default: OUT.engine.log)."),
 ) -> None:

@@ -71,14 +71,16 @@ class EvalResult:
         return sum(hits) / len(hits)
 
     def write_jsonl(self, f: IO[str], model: str) -> None:
-        """One line per completion: the prompt, the completion, every reward."""
-        samples = len(self.correct[0])
+        """One line per completion: the prompt, the completion, whether it counts as correct
+        (:attr:`correct`, what the accuracy counts), every reward."""
+        correct = self.correct
+        samples = len(correct[0])
         for i, completion in enumerate(self.scores.completions):
             p, s = divmod(i, samples)
             f.write(json.dumps({
                 "model": model, "index": p, "sample": s,
                 "question": self.rows[p]["question"], "answer": self.rows[p]["answer"],
-                "completion": completion,
+                "completion": completion, "correct": correct[p][s],
                 "reward": float(self.scores.total[0, p, s]),
                 **{k: missing_as_none(v[0, p, s]) for k, v in self.scores.per_reward.items()},
             }) + "\n")

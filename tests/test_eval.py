@@ -20,7 +20,7 @@ def test_eval_writes_table_and_jsonl(tmp_path):
     assert "accuracy [95% CI]" in result.output and "tiny-random" in result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 4  # data.eval_size of the tiny recipe, greedy: one sample each
-    assert {"question", "answer", "completion", "reward", "math_accuracy", "digit_fraction"} <= lines[0].keys()
+    assert {"question", "answer", "completion", "correct", "reward", "math_accuracy", "digit_fraction"} <= lines[0].keys()
     assert all(row["model"] == "tiny-random" for row in lines)
 
 

@@ -22,11 +22,12 @@ def test_kinds_of_sums():
 
 
 def test_table_per_model_and_kind(tmp_path):
-    def line(model, question, reward):
-        return json.dumps({"model": model, "question": question, "reward": reward}) + "\n"
+    def line(model, question, correct):
+        # "reward" is the total of a recipe's rewards: 1.5 for a correct answer weighted 1 plus 0.5 partial credit
+        return json.dumps({"model": model, "question": question, "correct": correct, "reward": 1.5 * correct}) + "\n"
     path = tmp_path / "eval.jsonl"
-    path.write_text(line("base", "27 + 45 =", 0.0) + line("base", "23 + 45 =", 1.0)
-                    + line("trained", "27 + 45 =", 1.0) + line("trained", "23 + 45 =", 1.0) + line("trained", "41 - 45 =", 0.0))
+    path.write_text(line("base", "27 + 45 =", False) + line("base", "23 + 45 =", True)
+                    + line("trained", "27 + 45 =", True) + line("trained", "23 + 45 =", True) + line("trained", "41 - 45 =", False))
     table = accuracy_by_kind([json.loads(t) for t in path.read_text().splitlines()])
     assert table["base"] == {"a+b carry": (0, 1), "a+b no carry": (1, 1), "all": (1, 2)}
     assert table["trained"]["all"] == (2, 3) and table["trained"]["a-b < 0"] == (0, 1)
