@@ -9,12 +9,18 @@ CPU, the perturbed rows run twice, interleaved with the rest: through the popula
     python bench/population_throughput.py                       # SmolLM2-135M, torch backend
     python bench/population_throughput.py --model tiny-random --population 8
     python bench/population_throughput.py --backend vllm --dtype bfloat16 --population 32
+    python bench/population_throughput.py --model DIR --dtype bfloat16 --population 512 --prompts 4 --max-new-tokens 64  # a GPU
+
+On a GPU it also prints the roofline: a bf16 matmul's measured rate over the FLOPs per token.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+
+import torch
 
 
 def main() -> None:
@@ -27,19 +33,23 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                        help="the PyTorch backend's static KV cache and compiled decode (auto: on a GPU)")
     args = parser.parse_args()
 
     from eggroll_rl.backends import make_backend
     from eggroll_rl.config import DataConfig, GenerationConfig, from_dict
-    from eggroll_rl.data import prompt_ids
+    from eggroll_rl.data import PromptLengths, prompt_ids
     from eggroll_rl.models import resolve_model
-    from eggroll_rl.noise import NoiseSpec
+    from eggroll_rl.noise import NoiseSpec, resolve_generator
     from eggroll_rl.params import checkpoint_shapes, select_targets
     from transformers import AutoTokenizer
 
     cfg = from_dict({
-        "model": args.model, "backend": args.backend, "dtype": args.dtype, "data": {"path": "unused"},
+        "model": args.model, "backend": args.backend, "dtype": args.dtype, "device": args.device, "data": {"path": "unused"},
         "es": {"population": args.population, "rank": args.rank},
+        "generation": {"compile": {"true": True, "false": False}.get(args.compile, "auto")},
     })
     model_dir = resolve_model(args.model)
     targets = select_targets(checkpoint_shapes(model_dir), cfg.es.targets)
@@ -48,9 +58,9 @@ def main() -> None:
     prompts = [prompt_ids(tokenizer, q, DataConfig()) for q in questions[: args.prompts]]
     # Every row generates exactly max_new_tokens, so both sides do the same work.
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True)
-    noise = NoiseSpec(seed=0, step=0, sigma=1e-3, rank=args.rank)
-
-    backend = make_backend(cfg, model_dir, targets)
+    backend = make_backend(cfg, model_dir, targets, prompt_lengths=PromptLengths.of(prompts))
+    on_gpu = getattr(backend, "device", torch.device("cpu")).type == "cuda"
+    noise = NoiseSpec(seed=0, step=0, sigma=1e-3, rank=args.rank, generator=resolve_generator("auto", "cuda" if on_gpu else "cpu"))
     try:
         def perturbed():
             return backend.generate(prompts, gen, noise, range(args.population))
@@ -91,6 +101,40 @@ def main() -> None:
         if name not in ("plain", default):
             print(f"ratio {name}/plain tokens/s: {tps[name] / tps['plain']:.3f}")
     print(f"ratio perturbed/plain tokens/s: {tps[default] / tps['plain']:.3f}" + (f" ({default})" if default != "perturbed" else ""))
+    if on_gpu:
+        peak = matmul_flops_per_s()
+        per_token = 2 * matmul_params(model_dir)
+        print(f"roofline: {peak / 1e12:.0f} TFLOP/s (a bf16 8192^3 matmul here) / {per_token / 1e9:.2f} GFLOP per token "
+              f"= {peak / per_token:.0f} tokens/s; perturbed {tps[default] * per_token / peak:.1%} of it, "
+              f"plain {tps['plain'] * per_token / peak:.1%}")
+
+
+def matmul_flops_per_s(n: int = 8192, repeats: int = 10) -> float:
+    """The GPU's bf16 matrix rate, measured: the roofline a decode step's matmuls run against."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - t)
+
+
+def matmul_params(model_dir) -> int:
+    """Weights a token's forward pass multiplies by: every 2-D weight but the embedding lookup,
+    plus the output head when it is tied to the embedding."""
+    import json
+
+    from eggroll_rl.params import checkpoint_shapes
+
+    shapes = checkpoint_shapes(model_dir)
+    total = sum(math.prod(s) for name, s in shapes.items() if len(s) == 2 and "embed_tokens" not in name)
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("tie_word_embeddings") or "lm_head.weight" not in shapes:
+        total += config["vocab_size"] * config["hidden_size"]
+    return total
 
 
 if __name__ == "__main__":

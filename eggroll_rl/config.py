@@ -92,8 +92,12 @@ class GenerationConfig:
     stop: list[str] = field(default_factory=list)
     # Always generate max_new_tokens (benchmarks: the same work for every row).
     ignore_eos: bool = False
-    # Rows per forward batch in the PyTorch backend (caps memory); 0 = all rows at once.
+    # Rows per batch in the PyTorch backend (caps memory); 0 = as many as fit: all rows on a CPU,
+    # sized from free memory on a GPU.
     max_batch_rows: int = 0
+    # The PyTorch backend's static KV cache and compiled decode step (CUDA graphs on a GPU);
+    # auto = on a GPU only (on a CPU it compiles for minutes and gains nothing).
+    compile: bool | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -119,6 +123,12 @@ class ESConfig:
     warmup_steps: int = 0
     fitness_shaping: Literal["normalize", "zscore", "centered_rank", "raw"] = "normalize"
     prompts_per_step: int = 8
+    # The noise generator (noise.py), recorded in the run: auto is philox-torch for an engine on
+    # a GPU (drawn there, all pairs at once), philox-numpy on a CPU (faster there).
+    noise: Literal["auto", "philox-numpy", "philox-torch"] = "auto"
+    # Where the fp32 master copy and the update live: auto puts them on the engine's GPU when the
+    # PyTorch backend runs there and they fit in half its free memory, else on the CPU.
+    master_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Regular expressions on parameter names (full match). Default: attention + MLP linears.
     targets: list[str] = field(
         default_factory=lambda: [
@@ -436,6 +446,8 @@ def validate(cfg: RecipeConfig) -> None:
     need(data.validation_size >= 0, f"data.validation_size: got {data.validation_size}; expected an integer >= 0")
     need(train.time_budget_minutes >= 0, f"train.time_budget_minutes: got {train.time_budget_minutes}; expected >= 0")
     need(train.log_completions_every >= 0, f"train.log_completions_every: got {train.log_completions_every}; expected an integer >= 0")
+    need(not (es.master_device == "cuda" and cfg.device == "cpu"),
+         "es.master_device: cuda needs the engine on the GPU too; set device=cuda (or auto), or es.master_device=cpu")
     if cfg.dtype == "float16" and cfg.device == "cpu":
         raise ConfigError("dtype: float16 is not supported on CPU; use float32 or bfloat16")
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .noise import NoiseSpec
+from .noise import NoiseSpec, resolve_generator
 
 # ----------------------------------------------------------------------------------------
 # Fitness shaping: rewards[member, prompt] -> fitness[member]. Small pure functions.
@@ -108,25 +108,27 @@ def schedule(kind: str, base: float, step: int, total: int, final_ratio: float, 
 
 
 def low_rank_gradient(
-    noise: NoiseSpec, fitness: torch.Tensor, name: str, shape: tuple[int, int]
+    a: torch.Tensor, b: torch.Tensor, fitness: torch.Tensor, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """ĝ of one matrix as factors (A: out × K·r, B: in × K·r, c) with ĝ = c·A·Bᵀ, where A's
-    columns are the pairs' A_k weighted by f_{2k} − f_{2k+1} and c = 1/(N·√r). Never out × in."""
+    """ĝ of one matrix as factors (A: out × K·r, B: in × K·r, c) with ĝ = c·A·Bᵀ, from the pairs'
+    stacked factors `a` (K, out, r) and `b` (K, in, r): A's columns are the pairs' A_k weighted
+    by f_{2k} − f_{2k+1}, and c = 1/(N·√r). Never out × in."""
     n = fitness.numel()
     if n % 2:
         raise ValueError(f"population must be even (mirrored pairs), got {n}")
-    pair_coeff = (fitness[0::2] - fitness[1::2]).float()  # (K,)
-    a, b = noise.stacked_factors(range(n // 2), name, shape)  # (K, out, r), (K, in, r)
-    a = (a * pair_coeff[:, None, None]).permute(1, 0, 2).reshape(shape[0], -1)
-    b = b.permute(1, 0, 2).reshape(shape[1], -1)
-    return a, b, 1.0 / (n * math.sqrt(noise.rank))
+    pair_coeff = (fitness[0::2] - fitness[1::2]).to(a.device, torch.float32)  # (K,)
+    out_features, in_features = a.shape[1], b.shape[1]
+    a = (a * pair_coeff[:, None, None]).permute(1, 0, 2).reshape(out_features, -1)
+    b = b.permute(1, 0, 2).reshape(in_features, -1)
+    return a, b, 1.0 / (n * math.sqrt(rank))
 
 
 def gradient_estimate(
     noise: NoiseSpec, fitness: torch.Tensor, name: str, shape: tuple[int, int]
 ) -> torch.Tensor:
     """ĝ = 1/(N·σ)·Σᵢ fᵢ·Eᵢ for one matrix, dense (fp32, CPU): one stacked low-rank product."""
-    a, b, c = low_rank_gradient(noise, fitness, name, shape)
+    _, a, b = next(noise.draw(range(fitness.numel() // 2), {name: shape}))
+    a, b, c = low_rank_gradient(a, b, fitness, noise.rank)
     return (a @ b.T) * c
 
 
@@ -165,6 +167,9 @@ class EggrollES:
         self.total_steps = total_steps
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.updates_applied = 0
+        # The trainer saves recipes with the generator resolved for its engine; "auto" left in a
+        # recipe built elsewhere (tests, benchmarks) means the CPU's.
+        self.noise_generator = resolve_generator(es_cfg.noise, "cpu")
 
     def sigma_at(self, step: int) -> float:
         c = self.cfg
@@ -178,7 +183,8 @@ class EggrollES:
         return lr
 
     def ask(self, step: int) -> NoiseSpec:
-        return NoiseSpec(seed=self.seed, step=step, sigma=self.sigma_at(step), rank=self.cfg.rank)
+        return NoiseSpec(seed=self.seed, step=step, sigma=self.sigma_at(step), rank=self.cfg.rank,
+                         generator=self.noise_generator)
 
     def shape(self, rewards: torch.Tensor) -> torch.Tensor:
         return FITNESS_SHAPING[self.cfg.fitness_shaping](rewards)
@@ -200,9 +206,11 @@ class EggrollES:
             )
         update_sq = grad_sq = 0.0
         self.updates_applied += 1
-        for name, weight in master.items():
-            a, b, c = low_rank_gradient(noise, fitness, name, tuple(weight.shape))
-            a, b = a.to(weight.device), b.to(weight.device)
+        shapes = {name: tuple(weight.shape) for name, weight in master.items()}
+        device = next(iter(master.values())).device if master else torch.device("cpu")
+        for name, a, b in noise.draw(range(fitness.numel() // 2), shapes, device):
+            weight = master[name]
+            a, b, c = low_rank_gradient(a, b, fitness, noise.rank)
             g_sq = c * c * low_rank_sq_norm(a, b)
             grad_sq += g_sq
             if self._plain_sgd:

@@ -75,7 +75,7 @@ def load_tensors(model_dir: str | Path, names: list[str] | None = None, dtype=No
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {"format": "pt"})
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata or {"format": "pt"})
 
 
 def weight_dtypes(path: str | Path) -> dict[str, str]:

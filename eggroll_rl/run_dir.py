@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import is_complete, read_state
-from .config import ConfigError, RecipeConfig, flatten, load_config, to_dict
+from .config import ConfigError, RecipeConfig, flatten, load_config, load_recipe_dict, to_dict
 from .files import append_line, clean_stale_temporaries, remove_folder, write_text_atomic
 
 CONFIG = "config.yaml"
@@ -47,7 +47,8 @@ _UPDATES_AFTER_STEP = {METRICS: 0, SAMPLES: 0, EVALS: 0, FITNESS: 1}
 # Settings that may change when a run is resumed: they do not change what the run computes, so
 # its fitness log still replays it with the saved recipe. Anything else changes the math.
 RESUMABLE_CHANGES = ("train.steps", "train.time_budget_minutes", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.log_samples", "train.log_completions_every", "generation.max_batch_rows", "device",
+                     "train.log_samples", "train.log_completions_every", "generation.max_batch_rows", "generation.compile",
+                     "es.master_device", "device",
                      "description", "vllm", "report_to", "cluster")
 
 
@@ -134,7 +135,10 @@ class RunDir:
         if not self.holds_run(self.path):
             raise RunDirError(f"{self.path}: no {CONFIG}; give a run directory written by `eggroll-rl train`")
         try:
-            return load_config(self.path / CONFIG, overrides)
+            saved_es = load_recipe_dict(self.path / CONFIG).get("es")
+            # Runs saved before es.noise existed drew their noise with philox-numpy.
+            legacy = [] if isinstance(saved_es, dict) and "noise" in saved_es else ["es.noise=philox-numpy"]
+            return load_config(self.path / CONFIG, [*legacy, *(overrides or [])])
         except ConfigError as exc:
             raise RunDirError(f"{self.path / CONFIG}: {exc}") from None
 

@@ -35,6 +35,7 @@ import torch
 from rich.console import Console
 from transformers import AutoTokenizer
 
+from .backends import resolve_placement
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RecipeConfig
 from .data import PromptLengths, prompt_ids, rows_for_step, sample_prompts
@@ -64,9 +65,11 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
     # directory is written and before the engine starts.
     inputs = prepare(cfg)
     model_dir, targets, reward_fn = inputs.model_dir, inputs.targets, inputs.reward_fn
+    cfg, master_device = resolve_placement(cfg, model_dir, targets)
     run.save_config(cfg)
     if console is not None:
-        console.print(f"run directory: [bold]{run}[/]  model: {model_dir}  targets: {len(targets)} matrices")
+        console.print(f"run directory: [bold]{run}[/]  model: {model_dir}  targets: {len(targets)} matrices  "
+                      f"noise: {cfg.es.noise}  master: {master_device.type}")
 
     # The fp32 master copy of the perturbed matrices lives here, once, and is what we update.
     es = EggrollES(es_cfg, seed=cfg.seed, total_steps=steps)
@@ -74,11 +77,11 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
     latest = run.latest_checkpoint() if resume else None
     if latest is not None:
         state, saved_master, optimizer_state = load_checkpoint(latest)
-        master = {name: saved_master[name] for name in targets}
-        es.load_state_tensors(optimizer_state, state["updates_applied"])
+        master = {name: saved_master[name].to(master_device) for name in targets}
+        es.load_state_tensors({k: t.to(master_device) for k, t in optimizer_state.items()}, state["updates_applied"])
         start = state["step"]
     else:
-        master = load_tensors(model_dir, targets, dtype=torch.float32)
+        master = {name: t.to(master_device) for name, t in load_tensors(model_dir, targets, dtype=torch.float32).items()}
     if resume:  # drop what was logged after the checkpoint we continue from (all of it: none)
         run.truncate_logs(start if latest is not None else None)
 

@@ -1,18 +1,27 @@
 import pytest
 import torch
 
-from eggroll_rl.backends.torch_backend import TorchBackend, truncate_at_stop
+from eggroll_rl.backends.torch_backend import (
+    ModelDoesNotFitError,
+    TorchBackend,
+    plan_batches,
+    row_bytes,
+    truncate_at_stop,
+    weights_fit_or_raise,
+)
 from eggroll_rl.config import DataConfig, GenerationConfig
-from eggroll_rl.data import prompt_ids
+from eggroll_rl.data import PromptLengths, prompt_ids
 from eggroll_rl.noise import NoiseSpec
 from eggroll_rl.params import load_tensors
+
+from support import TEST_DEVICE
 
 QUESTIONS = ["What is 2+3?", "Name a color.", "Count to five please, slowly."]
 
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir, tiny_targets):
-    return TorchBackend(tiny_model_dir, tiny_targets)
+    return TorchBackend(tiny_model_dir, tiny_targets, device=TEST_DEVICE, compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,7 @@ def test_population_equals_explicitly_perturbed_models(tiny_model_dir, tiny_targ
     members = [0, 1, 4, 5]
     population = backend.generate(prompts, gen, noise, members).texts
     base = backend.generate(prompts, gen).texts[0]
-    reference = TorchBackend(tiny_model_dir, tiny_targets)
+    reference = TorchBackend(tiny_model_dir, tiny_targets, device=TEST_DEVICE, compile=False)
     weights = load_tensors(tiny_model_dir, tiny_targets)
     for i, m in enumerate(members):
         reference.load_weights({n: w + noise.perturbation(m, n, tuple(w.shape)) for n, w in weights.items()})
@@ -52,7 +61,7 @@ def test_rows_layout_and_chunking_agree(backend, prompts):
 
 
 def test_load_weights_changes_base_outputs(tiny_model_dir, tiny_targets, prompts):
-    be = TorchBackend(tiny_model_dir, tiny_targets)
+    be = TorchBackend(tiny_model_dir, tiny_targets, device=TEST_DEVICE, compile=False)
     gen = GenerationConfig(max_new_tokens=10)
     before = be.generate(prompts, gen).texts
     weights = load_tensors(tiny_model_dir, tiny_targets)
@@ -62,6 +71,50 @@ def test_load_weights_changes_base_outputs(tiny_model_dir, tiny_targets, prompts
     assert be.generate(prompts, gen).texts == before
 
 
+def test_batches_are_whole_segments_of_one_pair_each():
+    # whole pairs in order: segments of a pair's rows (2 members x 3 rows), as many per batch as fit
+    batches = plan_batches(range(6), 3, 13)
+    assert [(b.start, b.stop, b.pairs) for b in batches] == [(0, 12, [0, 1]), (12, 18, [2])]
+    assert batches[0].signs == [1.0] * 3 + [-1.0] * 3 + [1.0] * 3 + [-1.0] * 3
+    # members that are not whole pairs: one member per segment
+    batches = plan_batches([0, 1, 5], 2, 4)
+    assert [(b.start, b.stop, b.pairs, b.signs) for b in batches] == [(0, 4, [0, 0], [1.0, 1.0, -1.0, -1.0]),
+                                                                      (4, 6, [2], [-1.0, -1.0])]
+    # a segment longer than a batch: pieces, one segment each
+    batches = plan_batches([2, 3], 5, 4)
+    assert [(b.start, b.stop, b.pairs) for b in batches] == [(0, 4, [1]), (4, 8, [1]), (8, 10, [1])]
+    assert [b.signs for b in batches] == [[1.0] * 4, [1.0, -1.0, -1.0, -1.0], [-1.0, -1.0]]
+
+
+def test_batch_memory_and_a_model_too_large_for_the_gpu(tiny_model_dir):
+    from transformers import AutoConfig
+
+    import torch as t
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    small, large = row_bytes(config, t.bfloat16, 10, 10), row_bytes(config, t.bfloat16, 100, 100)
+    assert 0 < small < large and row_bytes(config, t.float32, 10, 10) > small
+    weights_fit_or_raise("m", 10 * 10**9, 20 * 10**9, "bfloat16", small)  # fits: no error
+    with pytest.raises(ModelDoesNotFitError, match=r"model big: 16.0 GB of weights in bfloat16 do not fit in the GPU's "
+                       r"12.0 GB free; up to about 6.0B parameters fit in bfloat16"):
+        weights_fit_or_raise("big", 16 * 10**9, 12 * 10**9, "bfloat16", 0)
+    with pytest.raises(ModelDoesNotFitError, match="dtype=bfloat16 halves the weights"):
+        weights_fit_or_raise("big", 32 * 10**9, 24 * 10**9, "float32", 0)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_generation_equals_the_eager_one(tiny_model_dir, tiny_targets, backend, prompts):
+    """generation.compile=true (a GPU's default): static KV cache, compiled decode, the factors
+    in fixed buffers. The same completions as the eager path, batch after batch."""
+    compiled = TorchBackend(tiny_model_dir, tiny_targets, device=TEST_DEVICE, compile=True,
+                            prompt_lengths=PromptLengths.of(prompts))
+    gen = GenerationConfig(max_new_tokens=10, max_batch_rows=6)
+    for step in range(2):  # new factors in the same buffers
+        noise = NoiseSpec(seed=2, step=step, sigma=0.1, rank=2)
+        assert compiled.generate(prompts, gen, noise, range(4)).texts == backend.generate(prompts, gen, noise, range(4)).texts
+    assert compiled.generate(prompts, gen).texts == backend.generate(prompts, gen).texts
+
+
 def test_stop_strings_are_excluded():
     assert truncate_at_stop("abc\n\ndef", ["\n\n"]) == "abc"
     assert truncate_at_stop("abcXdefY", ["Y", "X"]) == "abc"
@@ -69,7 +122,7 @@ def test_stop_strings_are_excluded():
 
 
 def test_hooks_are_inactive_outside_population_generation(backend, prompts):
-    ids = torch.tensor([prompts[0]])
+    ids = torch.tensor([prompts[0]], device=backend.device)
     with torch.no_grad():
         a = backend.model(ids).logits
         backend.generate(prompts[:1], GenerationConfig(max_new_tokens=2), NoiseSpec(0, 0, 0.5, 1), [0])

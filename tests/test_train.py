@@ -12,9 +12,13 @@ from eggroll_rl.models import resolve_model
 from eggroll_rl.params import load_tensors
 
 from conftest import ROOT
+from support import TEST_DEVICE
 
 TINY = str(ROOT / "recipes" / "tiny.yaml")
 DATA = f"data.path={ROOT / 'recipes' / 'data' / 'gsm8k_mini.jsonl'}"
+# The engine on the test device; the compiled decode has its own test (test_torch_backend.py),
+# here it would add a compile per batch shape.
+ON_DEVICE = (f"device={TEST_DEVICE}", "generation.compile=false")
 runner = CliRunner()
 
 
@@ -28,7 +32,7 @@ def read_jsonl(path):
 
 @pytest.mark.slow
 def test_train_tiny_recipe_writes_complete_run_dir(tmp_path):
-    result = run_cli("train", TINY, DATA, f"output_dir={tmp_path}", "run_name=tiny")
+    result = run_cli("train", TINY, DATA, *ON_DEVICE, f"output_dir={tmp_path}", "run_name=tiny")
     assert result.exit_code == 0, result.output
     run = tmp_path / "tiny"
     for name in ("config.yaml", "metrics.jsonl", "fitness.jsonl", "samples.jsonl", "eval.jsonl"):
@@ -95,7 +99,7 @@ def test_engine_failure_mid_run_is_one_line_and_resumable(tmp_path, monkeypatch)
         return real_generate(self, *args, **kwargs)
 
     monkeypatch.setattr(TorchBackend, "generate", dying_generate)
-    result = runner.invoke(app, ["train", TINY, DATA, "train.checkpoint_every=1", f"output_dir={tmp_path}"])
+    result = runner.invoke(app, ["train", TINY, DATA, *ON_DEVICE, "train.checkpoint_every=1", f"output_dir={tmp_path}"])
     assert result.exit_code == 1
     assert "training stopped: RuntimeError: EngineDeadError: engine core process died" in result.output
     assert f"--resume {tmp_path / 'tiny'}" in result.output.replace("\n", "")
@@ -155,8 +159,53 @@ def test_validation_carves_questions_not_rows(tmp_path):
 
 @pytest.mark.slow
 def test_time_budget_stops_after_the_step_that_reaches_it(tmp_path):
-    result = run_cli("train", TINY, DATA, "train.steps=50", "train.time_budget_minutes=0.0001", f"output_dir={tmp_path}")
+    result = run_cli("train", TINY, DATA, *ON_DEVICE, "train.steps=50", "train.time_budget_minutes=0.0001", f"output_dir={tmp_path}")
     assert result.exit_code == 0, result.output
     assert [m["step"] for m in read_jsonl(tmp_path / "tiny" / "metrics.jsonl")] == [1]
     assert (tmp_path / "tiny" / "checkpoints" / "step_000001").is_dir()
     assert [e["step"] for e in read_jsonl(tmp_path / "tiny" / "eval.jsonl")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_run_records_its_noise_generator_and_old_runs_keep_theirs(tmp_path):
+    import yaml
+
+    from eggroll_rl.replay import replay_master
+    from eggroll_rl.run_dir import RunDir
+
+    result = run_cli("train", TINY, DATA, *ON_DEVICE, "train.eval_every=0", "train.steps=2", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "tiny"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["es"]["noise"] == ("philox-torch" if TEST_DEVICE == "cuda" else "philox-numpy")
+    assert RunDir(run).load_config().es.noise == saved["es"]["noise"]
+    # A run directory written before es.noise existed: its noise was philox-numpy's.
+    del saved["es"]["noise"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert RunDir(run).load_config().es.noise == "philox-numpy"
+    assert RunDir(run).load_config(["es.noise=philox-torch"]).es.noise == "philox-torch"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TEST_DEVICE == "cpu", reason="needs EGGROLL_TEST_DEVICE, e.g. cuda")
+def test_master_on_the_device_writes_the_same_checkpoint_format_and_replays(tmp_path):
+    from eggroll_rl.replay import replay_master
+
+    result = run_cli("train", TINY, DATA, *ON_DEVICE, "es.master_device=cuda", "es.optimizer=adam", "es.lr=0.01",
+                     "train.eval_every=0", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    final = tmp_path / "tiny" / "checkpoints" / "step_000003"
+    master = load_file(str(final / "trainer" / "master.safetensors"))
+    optimizer = load_file(str(final / "trainer" / "optimizer.safetensors"))
+    assert master and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in master.values())
+    assert any(k.endswith("::exp_avg_sq") for k in optimizer)
+    replayed = replay_master(tmp_path / "tiny").master  # on the CPU: the same update, other rounding
+    assert all(torch.allclose(replayed[n], master[n], atol=1e-5) for n in master)
+
+
+def test_master_on_a_gpu_without_one_is_one_line_before_any_work(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = runner.invoke(app, ["train", TINY, DATA, "es.master_device=cuda", f"output_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "es.master_device=cuda needs the PyTorch backend on a GPU" in " ".join(result.output.split())

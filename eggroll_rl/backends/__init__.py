@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import os
 import platform
 from pathlib import Path
@@ -63,6 +65,48 @@ def resolve_dtype(dtype: str, device: str = "auto") -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
+def engine_kind(cfg: RecipeConfig) -> str:
+    """The recipe's backend: `auto` is vLLM whenever it is installed, else PyTorch."""
+    return ("vllm" if vllm_available() else "torch") if cfg.backend == "auto" else cfg.backend
+
+
+def torch_engine_on_gpu(cfg: RecipeConfig) -> bool:
+    """True when the recipe's engine is the PyTorch backend on this process's GPU, the case in
+    which the noise and the master copy can live beside it."""
+    wants_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return wants_gpu and cfg.cluster.workers == 1 and engine_kind(cfg) == "torch"
+
+
+def resolve_placement(cfg: RecipeConfig, model_dir: Path, targets: list[str]) -> tuple[RecipeConfig, torch.device]:
+    """(`cfg` with es.noise resolved, as the run records it; where the fp32 master lives).
+
+    With the PyTorch backend on a GPU, the noise is philox-torch (drawn there, all pairs at once)
+    and the master goes to the GPU (es.master_device: auto) when it, its optimizer state and the
+    engine's weights take at most half of the free memory; elsewhere philox-numpy and the CPU.
+    The master's place is not recorded: a run may resume on another machine."""
+    from ..config import ConfigError
+    from ..params import checkpoint_shapes
+
+    es = cfg.es
+    on_gpu = torch_engine_on_gpu(cfg)
+    if es.master_device == "cuda" and not on_gpu:
+        raise ConfigError("es.master_device=cuda needs the PyTorch backend on a GPU (backend=torch, a visible GPU, "
+                          "cluster.workers=1); use es.master_device=auto or cpu")
+    noise = es.noise if es.noise != "auto" else ("philox-torch" if on_gpu else "philox-numpy")
+    master_device = es.master_device
+    if master_device == "auto":
+        master_device = "cpu"
+        if on_gpu:
+            shapes = checkpoint_shapes(model_dir)
+            engine_dtype = getattr(torch, resolve_dtype(cfg.dtype, "cuda"))
+            engine_bytes = sum(math.prod(s) for s in shapes.values()) * torch.finfo(engine_dtype).bits // 8
+            slots = {"sgd": 1 if es.momentum else 0, "adam": 2}[es.optimizer]
+            master_bytes = sum(math.prod(shapes[t]) for t in targets) * 4 * (1 + slots)
+            free, _ = torch.cuda.mem_get_info()
+            master_device = "cuda" if engine_bytes + master_bytes <= free / 2 else "cpu"
+    return dataclasses.replace(cfg, es=dataclasses.replace(es, noise=noise)), torch.device(master_device)
+
+
 def rows_per_call(cfg: RecipeConfig) -> int:
     """The most rows one generate call of the recipe asks for: a step's population or an eval."""
     per_step = cfg.es.population * cfg.es.prompts_per_step
@@ -74,9 +118,7 @@ def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_
     """The recipe's backend; `auto` is vLLM whenever it is installed, else PyTorch. An engine
     (vLLM) writes what it prints, and its log, to `engine_log` when given (None: the console).
     `prompt_lengths`: of the prompts it will see, which size vLLM's KV cache and blocks on CPU."""
-    kind = cfg.backend
-    if kind == "auto":
-        kind = "vllm" if vllm_available() else "torch"
+    kind = engine_kind(cfg)
     dtype = resolve_dtype(cfg.dtype, cfg.device)
     # Each engine's module is imported only when chosen (vLLM takes seconds to import).
     if kind == "vllm":
@@ -107,7 +149,8 @@ def make_backend(cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_
         return backend
     from .torch_backend import TorchBackend
 
-    return TorchBackend(model_dir, targets, dtype=dtype, device=cfg.device)
+    return TorchBackend(model_dir, targets, dtype=dtype, device=cfg.device, compile=cfg.generation.compile,
+                        prompt_lengths=prompt_lengths)
 
 
 __all__ = ["Backend", "Rollout", "make_backend", "vllm_available"]

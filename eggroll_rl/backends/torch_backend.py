@@ -1,27 +1,46 @@
 """The pure-PyTorch population backend: the reference every other backend is tested against.
 
-All (member, prompt, sample) rows run as ONE batched Hugging Face generation. A forward hook on
-every perturbed linear adds that row's low-rank term to the layer's output:
+All (member, prompt, sample) rows run as batched Hugging Face generations. A forward hook on every
+perturbed linear adds each row's low-rank term to the layer's output:
 
     y = x·Wᵀ (+ b)  +  s·σ/√r · (x·B)·Aᵀ        (s = ±1, A/B the row's member-pair factors)
 
-so W + E is never materialised per member: the extra cost is two thin (in×r, r×out) products
-per row, and the base weights stay shared by the whole population.
+so W + E is never materialised per member: the base weights stay shared by the whole population.
+Rows are member-major, so a batch is a run of segments (a mirrored pair's rows, or one member's)
+of equal length; the hook multiplies each segment's rows by its pair's factors in one batched
+product, (S, rows·tokens, in) @ (S, in, r), and the two members of a pair differ only in the sign
+of each row. The factors sit in fixed buffers, one per batch shape, refilled per batch.
+
+On a GPU, generation uses transformers' static KV cache and its compiled decode step (CUDA graphs,
+`generation.compile`); the buffers keep their addresses, so the graphs replay batch after batch.
+Batches are sized from free GPU memory (`generation.max_batch_rows: 0`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..config import GenerationConfig
+from ..config import ConfigError, GenerationConfig
+from ..data import PromptLengths
 from ..noise import NoiseSpec
 from .base import Backend, Rollout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+GB = 1e9
+# Of the GPU memory free once the weights are in, the share that batches of rows may take: the
+# rest absorbs what the estimate leaves out (the allocator's rounding, CUDA graph pools).
+BATCH_MEMORY_SHARE = 0.7
+
+
+class ModelDoesNotFitError(ConfigError):
+    """The model's weights alone exceed the GPU's free memory (one line: what would fit)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,6 +53,36 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     """Text before the earliest stop string (vLLM's semantics: the stop string is excluded)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
+
+
+def row_bytes(config, dtype: torch.dtype, prompt_tokens: int, new_tokens: int) -> int:
+    """GPU bytes one row of a batch needs, from a model's config: its KV cache for every position
+    and the prefill's widest activations (the MLP's, attention's scores, and the hidden states)."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    size = torch.finfo(dtype).bits // 8
+    positions = prompt_tokens + new_tokens
+    kv = 2 * text.num_hidden_layers * kv_heads * head_dim * positions * size
+    activations = prompt_tokens * (4 * text.hidden_size + 3 * text.intermediate_size) * size
+    scores = heads * prompt_tokens * positions * 4
+    logits = 3 * text.vocab_size * 4  # the last position's logits, fp32, and the sampler's copies
+    return kv + activations + scores + logits
+
+
+def weights_fit_or_raise(model: str, weight_bytes: int, free_bytes: int, dtype: str, min_batch_bytes: int) -> None:
+    """Raise ModelDoesNotFitError, naming what would fit, if the weights plus one row's batch
+    memory exceed the GPU's free memory."""
+    if weight_bytes + min_batch_bytes <= free_bytes:
+        return
+    per_param = torch.finfo(DTYPES[dtype]).bits // 8
+    largest = max(0, free_bytes - min_batch_bytes) / per_param
+    raise ModelDoesNotFitError(
+        f"model {model}: {weight_bytes / GB:.1f} GB of weights in {dtype} do not fit in the GPU's "
+        f"{free_bytes / GB:.1f} GB free; up to about {largest / 1e9:.1f}B parameters fit in {dtype}"
+        + ("; dtype=bfloat16 halves the weights" if dtype == "float32" else "; use a smaller model or a larger GPU")
+    )
 
 
 class _StopStrings(StoppingCriteria):
@@ -55,14 +104,77 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor([n is not None for n in self.lengths], device=input_ids.device)
 
 
+@dataclass
+class _Batch:
+    """Rows [start, stop) of a call: `segments` runs of equal length, each of one pair's factors."""
+
+    start: int
+    stop: int
+    pairs: list[int]  # the pair whose factors each segment uses
+    signs: list[float]  # ±1 per row
+
+
+def plan_batches(members: Sequence[int], rows_per_member: int, max_rows: int) -> list[_Batch]:
+    """Split member-major rows into batches of at most `max_rows` rows made of whole segments.
+
+    A segment is a mirrored pair's 2·rows_per_member rows when `members` lists whole pairs in
+    order (2k, 2k+1, ...), else one member's rows. A segment longer than `max_rows` is cut into
+    batches of one piece each."""
+    members = list(members)
+    paired = len(members) % 2 == 0 and all(
+        members[i] % 2 == 0 and members[i + 1] == members[i] + 1 for i in range(0, len(members), 2))
+    per_segment = 2 if paired else 1
+    segment_rows = per_segment * rows_per_member
+    segments = []  # (first row, pair, signs of its rows)
+    for i in range(0, len(members), per_segment):
+        signs = [float(1 - 2 * (m % 2)) for m in members[i : i + per_segment] for _ in range(rows_per_member)]
+        segments.append((i * rows_per_member, members[i] // 2, signs))
+    batches = []
+    if segment_rows <= max_rows:
+        per_batch = max_rows // segment_rows
+        for i in range(0, len(segments), per_batch):
+            group = segments[i : i + per_batch]
+            batches.append(_Batch(group[0][0], group[-1][0] + segment_rows, [g[1] for g in group],
+                                  [s for g in group for s in g[2]]))
+    else:
+        for first, pair, signs in segments:
+            for lo in range(0, segment_rows, max_rows):
+                piece = signs[lo : lo + max_rows]
+                batches.append(_Batch(first + lo, first + lo + len(piece), [pair], piece))
+    return batches
+
+
+class _FactorBuffers:
+    """Fixed buffers of one batch shape (S segments of L rows): per target, the segments' factors
+    Aᵀ (S, r, out) and B (S, in, r) in the model's dtype, and each row's sign·σ/√r (S, L, 1, 1)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], segments: int, rows: int, rank: int, dtype, device, static: bool):
+        self.factors = {name: (torch.empty(segments, rank, out, dtype=dtype, device=device),
+                               torch.empty(segments, inp, rank, dtype=dtype, device=device))
+                        for name, (out, inp) in shapes.items()}
+        self.signs = torch.empty(segments, rows, 1, 1, dtype=dtype, device=device)
+        if static:  # CUDA graphs read them in place: their addresses must never change
+            for t in [self.signs, *(x for pair in self.factors.values() for x in pair)]:
+                torch._dynamo.mark_static_address(t)
+
+
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model_dir, targets: list[str], dtype: str = "float32", device: str = "auto"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, model_dir, targets: list[str], dtype: str = "float32", device: str = "auto",
+                 compile: bool | str = "auto", prompt_lengths: PromptLengths = PromptLengths()):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from ..params import checkpoint_shapes
 
         self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
+        self.config = AutoConfig.from_pretrained(model_dir)
+        if self.device.type == "cuda":  # before loading anything: a model that cannot fit stops here
+            weight_bytes = sum(math.prod(s) for s in checkpoint_shapes(model_dir).values()) * (torch.finfo(self.dtype).bits // 8)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            weights_fit_or_raise(str(model_dir), weight_bytes, free, dtype,
+                                 row_bytes(self.config, self.dtype, max(prompt_lengths.longest, 1), 1))
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -72,32 +184,61 @@ class TorchBackend(Backend):
         if missing:
             raise KeyError(f"model has no parameters named {missing[:3]}")
         self.targets = list(targets)
+        self.shapes = {name: tuple(self.params[name].shape) for name in self.targets}
+        # Static KV cache and compiled decode: on a GPU by default; True compiles on a CPU too.
+        self.compiled = compile is True or (compile == "auto" and self.device.type == "cuda")
+        self.prompt_lengths = prompt_lengths
+        self._caches: dict[tuple[int, int], object] = {}  # (rows, positions) -> StaticCache
+        self._buffers: dict[tuple[int, int, int], _FactorBuffers] = {}  # (segments, rows, rank)
+        self._active: _FactorBuffers | None = None  # the batch in flight; None: unperturbed rows
         modules = dict(self.model.named_modules())
-        # Per-row factors of the generation in flight: {target: ((A_rows·s·σ/√r)ᵀ, B_rows)}.
-        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         for name in self.targets:
             modules[name.removesuffix(".weight")].register_forward_hook(self._make_hook(name))
 
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
-            if self._rows is None:
+            buffers = self._active
+            if buffers is None:
                 return output
-            a_t, b = self._rows[name]  # (rows, r, out) with s·σ/√r folded in, (rows, in, r)
-            return torch.baddbmm(output, torch.bmm(inputs[0], b), a_t)  # one fused add
+            a_t, b = buffers.factors[name]  # (S, r, out), (S, in, r)
+            signs = buffers.signs  # (S, L, 1, 1): s·σ/√r of each row
+            segments, rows = signs.shape[0], signs.shape[1]
+            x = inputs[0].reshape(segments, -1, inputs[0].shape[-1])  # (S, L·T, in)
+            xb = torch.bmm(x, b).view(segments, rows, -1, b.shape[-1]) * signs  # (S, L, T, r)
+            out = output.view(segments, -1, output.shape[-1])
+            return torch.baddbmm(out, xb.view(segments, -1, b.shape[-1]), a_t).view_as(output)
 
         return hook
 
-    def _row_factors(self, noise: NoiseSpec, row_members: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        pairs = sorted({m // 2 for m in row_members})
-        pair_pos = {k: i for i, k in enumerate(pairs)}
-        index = torch.tensor([pair_pos[m // 2] for m in row_members], device=self.device)
-        signs = torch.tensor([noise.member_scale(m) for m in row_members], device=self.device)
-        rows = {}
-        for name in self.targets:
-            a, b = noise.stacked_factors(pairs, name, tuple(self.params[name].shape))
-            a = a.to(self.device, self.dtype).index_select(0, index) * signs.to(self.dtype)[:, None, None]
-            rows[name] = (a.transpose(1, 2).contiguous(), b.to(self.device, self.dtype).index_select(0, index))
-        return rows
+    def _pair_factors(self, noise: NoiseSpec, pairs: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{target: (Aᵀ (P, r, out), B (P, in, r))} of `pairs` in the model's dtype, on its device."""
+        return {name: (a.transpose(1, 2).to(self.dtype), b.to(self.dtype))
+                for name, a, b in noise.draw(pairs, self.shapes, self.device)}
+
+    def _fill(self, batch: _Batch, factors, pair_index: dict[int, int], scale: float) -> _FactorBuffers:
+        segments, rows = len(batch.pairs), (batch.stop - batch.start) // len(batch.pairs)
+        rank = factors[self.targets[0]][0].shape[1]
+        buffers = self._buffers.get((segments, rows, rank))
+        if buffers is None:
+            buffers = _FactorBuffers(self.shapes, segments, rows, rank, self.dtype, self.device,
+                                     static=self.compiled and self.device.type == "cuda")
+            self._buffers[segments, rows, rank] = buffers
+        index = torch.tensor([pair_index[k] for k in batch.pairs], device=self.device)
+        for name, (a_t, b) in factors.items():
+            buf_a, buf_b = buffers.factors[name]
+            torch.index_select(a_t, 0, index, out=buf_a)
+            torch.index_select(b, 0, index, out=buf_b)
+        signs = torch.tensor(batch.signs, dtype=torch.float32).mul_(scale).view(segments, rows, 1, 1)
+        buffers.signs.copy_(signs)
+        return buffers
+
+    def max_rows(self, gen: GenerationConfig, prompt_width: int) -> int:
+        """Rows per batch: generation.max_batch_rows, or (0) all rows on a CPU and as many as
+        BATCH_MEMORY_SHARE of the free GPU memory holds on a GPU."""
+        if gen.max_batch_rows or self.device.type != "cuda":
+            return gen.max_batch_rows or 1 << 62
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, int(free * BATCH_MEMORY_SHARE) // row_bytes(self.config, self.dtype, prompt_width, gen.max_new_tokens))
 
     @torch.no_grad()
     def generate(
@@ -110,36 +251,64 @@ class TorchBackend(Backend):
     ) -> Rollout:
         start = time.perf_counter()
         member_list = list(members) if noise is not None else [0]
+        if not prompt_ids or not member_list:
+            empty = [[] for _ in member_list]
+            return Rollout(texts=empty, new_tokens=0, seconds=0.0, token_ids=empty, clipped=empty)
         samples = gen.samples_per_prompt
-        rows = [(m, p) for m in member_list for p in range(len(prompt_ids)) for _ in range(samples)]
-        chunk = gen.max_batch_rows or len(rows)
+        prompts = [prompt_ids[p] for _ in member_list for p in range(len(prompt_ids)) for _ in range(samples)]
+        width = max(map(len, prompt_ids), default=0)
+        batches = plan_batches(member_list, len(prompt_ids) * samples, self.max_rows(gen, width))
         texts: list[str] = []
         ids: list[list[int]] = []
         clipped: list[bool] = []
-        new_tokens = 0
         setup = 0.0
+        factors = pair_index = None
+        if noise is not None:
+            t = time.perf_counter()
+            pairs = sorted({m // 2 for m in member_list})
+            pair_index = {k: i for i, k in enumerate(pairs)}
+            factors = self._pair_factors(noise, pairs)
+            setup += self._synced_seconds(t)
         torch.manual_seed(seed)
-        for lo in range(0, len(rows), chunk):
-            part = rows[lo : lo + chunk]
+        for batch in batches:
             if noise is not None:
                 t = time.perf_counter()
-                self._rows = self._row_factors(noise, [m for m, _ in part])
-                setup += time.perf_counter() - t
+                self._active = self._fill(batch, factors, pair_index, noise.scale)
+                setup += self._synced_seconds(t)
             try:
-                out_texts, out_ids, out_clipped = self._generate_rows([prompt_ids[p] for _, p in part], gen)
+                out_texts, out_ids, out_clipped = self._generate_rows(prompts[batch.start : batch.stop], gen)
             finally:
-                self._rows = None
+                self._active = None
             texts += out_texts
             ids += out_ids
             clipped += out_clipped
-            new_tokens += sum(map(len, out_ids))
 
         def nest(flat: list) -> list:
             per_prompt = [flat[i : i + samples] for i in range(0, len(flat), samples)]
             return [per_prompt[i : i + len(prompt_ids)] for i in range(0, len(per_prompt), len(prompt_ids))]
 
-        return Rollout(texts=nest(texts), new_tokens=new_tokens, seconds=time.perf_counter() - start,
+        return Rollout(texts=nest(texts), new_tokens=sum(map(len, ids)), seconds=time.perf_counter() - start,
                        setup_seconds=setup, token_ids=nest(ids), clipped=nest(clipped))
+
+    def _synced_seconds(self, since: float) -> float:
+        """Seconds since `since`, once the GPU has finished what was queued (honest timings)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - since
+
+    def _static_cache(self, rows: int, width: int, new_tokens: int):
+        """One StaticCache per (rows, positions), reused call after call: a compiled decode step
+        (and its CUDA graph) is specific to the cache's shape and addresses. Its length covers the
+        longest prompt the engine was told of (train and eval), so a run's batches share one."""
+        from transformers import StaticCache
+
+        key = (rows, max(width, self.prompt_lengths.longest) + new_tokens)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = StaticCache(config=self.config, max_cache_len=key[1])
+        else:
+            cache.reset()
+        return cache
 
     def _generate_rows(self, prompts: list[list[int]], gen: GenerationConfig) -> tuple[list[str], list[list[int]], list[bool]]:
         """(texts, generated ids up to EOS, cut at max_new_tokens) of one batch of rows."""
@@ -164,6 +333,13 @@ class TorchBackend(Backend):
             kwargs.update(stopping_criteria=StoppingCriteriaList([stop]))
         if gen.ignore_eos:
             kwargs.update(min_new_tokens=gen.max_new_tokens)
+        if self.compiled:
+            from transformers import CompileConfig
+
+            compile_config = CompileConfig()
+            compile_config._compile_all_devices = True  # transformers compiles on GPUs only, else
+            kwargs.update(past_key_values=self._static_cache(len(prompts), width, gen.max_new_tokens),
+                          compile_config=compile_config)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, width:]
         eos = kwargs["eos_token_id"]
         eos_ids = set() if gen.ignore_eos else set(eos if isinstance(eos, list) else [eos])
@@ -184,4 +360,4 @@ class TorchBackend(Backend):
         for name, value in weights.items():
             param = self.params[name]
             if param.data_ptr() != value.data_ptr():
-                param.copy_(value.to(param.device, param.dtype))
+                param.copy_(value)  # casts on the way: a device-to-device copy when the master is there

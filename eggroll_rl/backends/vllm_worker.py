@@ -78,7 +78,7 @@ class EggrollWorkerExtension:
         noise: NoiseSpec,
         member: int,
         targets: list[tuple[str, tuple[int, int]]],
-        cache: dict,
+        factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]],
     ):
         from vllm.lora.lora_model import LoRAModel
         from vllm.lora.peft_helper import PEFTHelper
@@ -88,11 +88,8 @@ class EggrollWorkerExtension:
         scale = noise.member_scale(member)
         pair = member // 2
         tensors: dict[str, torch.Tensor] = {}
-        for name, shape in targets:
-            key = (pair, name)
-            if key not in cache:
-                cache[key] = noise.factors(pair, name, tuple(shape))
-            a, b = cache[key]
+        for name, _shape in targets:
+            a, b = factors[pair, name]
             module = _PREFIX + _module_of(name)
             tensors[module + ".lora_A.weight"] = b.T.contiguous()  # r × in
             tensors[module + ".lora_B.weight"] = a * scale  # out × r
@@ -125,7 +122,8 @@ class EggrollWorkerExtension:
 
         adapter_manager = self._eggroll_lora_manager()
         try:
-            lora = self._eggroll_build(2**31 - 2, NoiseSpec(seed=0, step=0, sigma=1.0, rank=rank), 0, targets, {})
+            noise = NoiseSpec(seed=0, step=0, sigma=1.0, rank=rank)
+            lora = self._eggroll_build(2**31 - 2, noise, 0, targets, noise.per_pair([0], dict(targets)))
             # Pack q/k/v and gate/up like add_adapter would, without registering the adapter.
             adapter_manager._create_merged_loras_inplace(lora)
         except Exception as exc:  # e.g. a name vLLM's LoRA loader does not understand
@@ -157,9 +155,9 @@ class EggrollWorkerExtension:
                 f"(max_cpu_loras={adapter_manager.capacity}, "
                 f"{len(adapter_manager.list_adapters())} registered)"
             )
-        cache: dict = {}
+        factors = noise.per_pair(sorted({m // 2 for m in members}), dict(targets))
         for member, lora_id in zip(members, lora_ids):
-            lora = self._eggroll_build(lora_id, noise, member, targets, cache)
+            lora = self._eggroll_build(lora_id, noise, member, targets, factors)
             adapter_manager.add_adapter(lora)
         return time.perf_counter() - t0
 
