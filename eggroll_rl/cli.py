@@ -88,7 +88,8 @@ def train(
         except OSError:  # the disk that failed the run may refuse the log too
             where = ""
         fail(f"{problem}{where}; checkpoints are intact: continue with eggroll-rl train --resume {run}", 1)
-    console.print(f"done: final checkpoint [bold]{final}[/]")
+    console.print(f"done: final checkpoint [bold]{final}[/]" if final else
+                  f"done: no checkpoint saved (train.final_checkpoint=false); `eggroll-rl export {run} --replay` rebuilds the weights")
     evals = run.read(EVALS)
     if len(evals) >= 2:
         before, after = evals[0], evals[-1]

@@ -167,6 +167,9 @@ class TrainConfig:
     eval_every: int = 10  # 0 = no periodic eval
     checkpoint_every: int = 10  # 0 = only the final checkpoint
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
+    # False: no checkpoint at the end (benchmarks): the fitness log still rebuilds the weights
+    # (`eggroll-rl export`, replay.py), but --resume restarts from the last checkpoint kept.
+    final_checkpoint: bool = True
     log_samples: int = 4  # completions written to samples.jsonl per step
     # Every N steps, the step's completions go to the trackers as a table (0 = never).
     log_completions_every: int = 10

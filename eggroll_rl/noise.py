@@ -94,6 +94,13 @@ _cache_step: tuple[int, int] | None = None
 _cache_bytes = 0
 
 
+def clear_cache() -> None:
+    """Forget every cached factor (benchmarks of a cold draw)."""
+    global _cache_step, _cache_bytes
+    _cache.clear()
+    _cache_step, _cache_bytes = None, 0
+
+
 def _cache_get(seed: int, step: int, key: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
     global _cache_step, _cache_bytes
     if _cache_step != (seed, step):

@@ -47,6 +47,7 @@ _UPDATES_AFTER_STEP = {METRICS: 0, SAMPLES: 0, EVALS: 0, FITNESS: 1}
 # Settings that may change when a run is resumed: they do not change what the run computes, so
 # its fitness log still replays it with the saved recipe. Anything else changes the math.
 RESUMABLE_CHANGES = ("train.steps", "train.time_budget_minutes", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.final_checkpoint",
                      "train.log_samples", "train.log_completions_every", "generation.max_batch_rows", "generation.compile",
                      "es.master_device", "device",
                      "description", "vllm", "report_to", "cluster")

@@ -56,9 +56,9 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=4).digest(), "little")
 
 
-def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console | None = None, verbose: bool = False) -> Path:
-    """Run (or continue) the recipe `cfg` in `run`; return the final checkpoint folder. The engine's
-    own output goes to the run's engine.log, or to the console when `verbose`."""
+def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console | None = None, verbose: bool = False) -> Path | None:
+    """Run (or continue) the recipe `cfg` in `run`; return the last checkpoint folder (None: none
+    saved). The engine's own output goes to the run's engine.log, or to the console when `verbose`."""
     es_cfg, steps = cfg.es, cfg.train.steps
 
     # Data, rewards, model: everything that can fail on bad input fails here, before the run
@@ -173,7 +173,7 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 eval_record = None
                 if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or last):
                     eval_record = run_eval(step + 1)
-                if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or last:
+                if (cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0) or (last and cfg.train.final_checkpoint):
                     save_checkpoint(
                         run.checkpoint_dir(step + 1), model_dir, master, es.state_tensors(),
                         {"step": step + 1, "seed": cfg.seed, "updates_applied": es.updates_applied,

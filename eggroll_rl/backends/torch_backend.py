@@ -189,6 +189,8 @@ class TorchBackend(Backend):
         self.compiled = compile is True or (compile == "auto" and self.device.type == "cuda")
         self.prompt_lengths = prompt_lengths
         self._caches: dict[tuple[int, int], object] = {}  # (rows, positions) -> StaticCache
+        self._cache_bytes: dict[tuple[int, int], int] = {}  # what row_bytes says each one takes
+        self._max_rows: dict[tuple[int, int], int] = {}  # (prompt positions, new tokens) -> rows per batch
         self._buffers: dict[tuple[int, int, int], _FactorBuffers] = {}  # (segments, rows, rank)
         self._active: _FactorBuffers | None = None  # the batch in flight; None: unperturbed rows
         modules = dict(self.model.named_modules())
@@ -233,12 +235,19 @@ class TorchBackend(Backend):
         return buffers
 
     def max_rows(self, gen: GenerationConfig, prompt_width: int) -> int:
-        """Rows per batch: generation.max_batch_rows, or (0) all rows on a CPU and as many as
-        BATCH_MEMORY_SHARE of the free GPU memory holds on a GPU."""
+        """Rows per batch: generation.max_batch_rows, or (0) all rows on a CPU and, on a GPU, as
+        many as BATCH_MEMORY_SHARE of the memory free before the first batch holds. Decided once
+        per (prompt positions, new tokens): batches of one size reuse one cache and one graph."""
         if gen.max_batch_rows or self.device.type != "cuda":
             return gen.max_batch_rows or 1 << 62
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1, int(free * BATCH_MEMORY_SHARE) // row_bytes(self.config, self.dtype, prompt_width, gen.max_new_tokens))
+        positions = max(prompt_width, self.prompt_lengths.longest)
+        key = (positions, gen.max_new_tokens)
+        if key not in self._max_rows:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            free += sum(self._cache_bytes.values())  # caches that would make room for it
+            self._max_rows[key] = max(1, int(free * BATCH_MEMORY_SHARE) // row_bytes(self.config, self.dtype, positions, gen.max_new_tokens))
+        return self._max_rows[key]
 
     @torch.no_grad()
     def generate(
@@ -299,16 +308,25 @@ class TorchBackend(Backend):
     def _static_cache(self, rows: int, width: int, new_tokens: int):
         """One StaticCache per (rows, positions), reused call after call: a compiled decode step
         (and its CUDA graph) is specific to the cache's shape and addresses. Its length covers the
-        longest prompt the engine was told of (train and eval), so a run's batches share one."""
+        longest prompt the engine was told of (train and eval), so a run's batches share one. A
+        new one whose memory, beside the others', would exceed the largest batch's replaces them."""
         from transformers import StaticCache
 
-        key = (rows, max(width, self.prompt_lengths.longest) + new_tokens)
+        positions = max(width, self.prompt_lengths.longest)
+        key = (rows, positions + new_tokens)
         cache = self._caches.get(key)
-        if cache is None:
-            cache = self._caches[key] = StaticCache(config=self.config, max_cache_len=key[1])
-        else:
+        if cache is not None:
             cache.reset()
-        return cache
+            return cache
+        size = rows * row_bytes(self.config, self.dtype, positions, new_tokens)
+        budget = self.max_rows(GenerationConfig(max_new_tokens=new_tokens), width) * size // rows
+        if self.device.type == "cuda" and sum(self._cache_bytes.values()) + size > budget:
+            self._caches.clear()
+            self._cache_bytes.clear()
+            torch.cuda.empty_cache()
+        self._caches[key] = StaticCache(config=self.config, max_cache_len=key[1])
+        self._cache_bytes[key] = size
+        return self._caches[key]
 
     def _generate_rows(self, prompts: list[list[int]], gen: GenerationConfig) -> tuple[list[str], list[list[int]], list[bool]]:
         """(texts, generated ids up to EOS, cut at max_new_tokens) of one batch of rows."""
