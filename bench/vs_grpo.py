@@ -139,7 +139,7 @@ def step_cap(recipe: str, overrides: list[str]) -> list[str]:
 
 
 def run_eggroll(args, out: Path) -> dict:
-    from eggroll_rl.exporter import export_run
+    from eggroll_rl.exporting import export_run
     from eggroll_rl.run_dir import METRICS, RunDir
 
     run = out / "eggroll"

@@ -61,7 +61,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, step: int | No
     (`rank` for every matrix, or `energy` kept per matrix; default energy 0.99); returns the folder.
     Pushing to the Hub is `eggroll-rl export --push-to-hub`."""
     from .adapter import DEFAULT_CHOICE, RankChoice
-    from .exporter import export_run
+    from .exporting import export_run
 
     choice = None
     if as_adapter:

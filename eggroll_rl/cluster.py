@@ -38,15 +38,12 @@ import torch
 from ray.exceptions import RayActorError
 
 from .backends import Rollout
-from .checkpoint import load_checkpoint
 from .config import RecipeConfig, from_dict, to_dict
 from .data import PromptLengths
-from .es import EggrollES
 from .evaluation import EvalResult
+from .learner import Learner
 from .noise import NoiseSpec
-from .params import load_tensors
 from .population import LocalPopulation, StepRollout
-from .replay import FITNESS_DTYPE
 from .scoring import Scores, recipe_reward
 
 logger = logging.getLogger(__name__)
@@ -72,49 +69,35 @@ def member_ranges(pairs: int, workers: int) -> list[range]:
 
 
 class PopulationWorker:
-    """One Ray actor: an engine, the master copy and optimizer state, the rewards."""
+    """One Ray actor: an engine, a Learner of its own (master copy and optimizer state), the rewards."""
 
     def __init__(self, cfg_dict: dict, model_dir: str, targets: list[str], engine_log: str | None,
                  prompt_lengths: PromptLengths, cores: list[int] | None, checkpoint: str | None,
-                 fitness_since: list[list[float]], first_step: int) -> None:
+                 fitness_since: list[list[float]]) -> None:
         if cores:  # this worker's cores only: engines' threads never share a core
             os.sched_setaffinity(0, cores)
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
             torch.set_num_threads(len(cores))
         cfg = from_dict(cfg_dict)
-        self.es = EggrollES(cfg.es, seed=cfg.seed, total_steps=cfg.train.steps)
-        if checkpoint is not None:
-            state, saved, optimizer = load_checkpoint(Path(checkpoint))
-            self.master = {name: saved[name] for name in targets}
-            self.es.load_state_tensors(optimizer, state["updates_applied"])
-        else:
-            self.master = load_tensors(model_dir, targets, dtype=torch.float32)
-        for step, fitness in enumerate(fitness_since, start=first_step):  # catch up: the replay of replay.py
-            self.es.tell(step, torch.tensor(fitness, dtype=FITNESS_DTYPE), self.master)
-        self.population = LocalPopulation(cfg, Path(model_dir), targets, recipe_reward(cfg.rewards),
+        self.learner = Learner.start(cfg, Path(model_dir), targets, Path(checkpoint) if checkpoint else None)
+        self.learner.catch_up(fitness_since)  # the steps since the session's start: replay.py's replay
+        self.population = LocalPopulation(cfg, self.learner, recipe_reward(cfg.rewards),
                                           Path(engine_log) if engine_log else None, prompt_lengths)
-        if checkpoint is not None or fitness_since:
-            self.population.push(first_step, torch.empty(0), self.master)
 
     def rollout(self, step: int, noise: NoiseSpec, rows: list[dict], prompts: list[list[int]], seed: int,
                 members: range) -> StepRollout:
         return self.population.rollout(step, noise, rows, prompts, seed, members)
 
-    def tell(self, step: int, fitness: list[float]) -> None:
-        self.es.tell(step, torch.tensor(fitness, dtype=FITNESS_DTYPE), self.master)
-        self.population.push(step, torch.empty(0), self.master)
+    def update(self, step: int, fitness: list[float]) -> None:
+        self.learner.tell(fitness)
+        self.population.update(step, torch.tensor(fitness))
 
     def evaluate(self, prompts: list[list[int]], rows: list[dict]) -> EvalResult:
         return self.population.evaluate(prompts, rows)
 
     def master_hash(self) -> str:
-        return master_hash(self.master)
-
-    def drift_for_test(self) -> None:
-        """Test hook: nudge one weight, as a silent divergence would (the next check must see it)."""
-        first = next(iter(self.master.values()))
-        first.view(-1)[0] += 1e-3
+        return master_hash(self.learner.master)
 
     def close(self) -> None:
         self.population.close()
@@ -123,13 +106,13 @@ class PopulationWorker:
 class RayPopulation:
     """The population over `cfg.cluster.workers` Ray actors (see the module docstring)."""
 
-    def __init__(self, cfg: RecipeConfig, model_dir: Path, targets: list[str], engine_log: Path | None,
-                 prompt_lengths: PromptLengths, checkpoint: Path | None, start: int) -> None:
-        self.cfg, self.model_dir, self.targets = cfg, model_dir, targets
+    def __init__(self, cfg: RecipeConfig, learner: Learner, engine_log: Path | None, prompt_lengths: PromptLengths,
+                 checkpoint: Path | None) -> None:
+        self.cfg, self.learner = cfg, learner  # the trainer's: every worker's master must hash to its
         self.engine_log, self.prompt_lengths = engine_log, prompt_lengths
         # Where this session started (a checkpoint, or the base at step 0) and the fitness of every
         # step since: what a replacement worker replays to catch up.
-        self.checkpoint, self.first_step = checkpoint, start
+        self.checkpoint = checkpoint
         self.fitness_since: list[list[float]] = []
         self._bytes = 0
         c = cfg.cluster
@@ -149,15 +132,11 @@ class RayPopulation:
     def workers(self) -> list:
         return list(self.slots.values())
 
-    @property
-    def workers_alive(self) -> int:
-        return len(self.slots)
-
     def _start(self, slot: int):
         log = self.engine_log.with_name(f"{self.engine_log.stem}-worker{slot}{self.engine_log.suffix}") if self.engine_log else None
         return self._actor.remote(
-            to_dict(self.cfg), str(self.model_dir), self.targets, str(log) if log else None, self.prompt_lengths,
-            self._cores[slot], str(self.checkpoint) if self.checkpoint else None, self.fitness_since, self.first_step,
+            to_dict(self.cfg), str(self.learner.model_dir), self.learner.targets, str(log) if log else None,
+            self.prompt_lengths, self._cores[slot], str(self.checkpoint) if self.checkpoint else None, self.fitness_since,
         )
 
     def _call(self, worker, method: str, *args):
@@ -196,31 +175,32 @@ class RayPopulation:
         if not self.slots:
             raise ClusterError("cluster: no worker left; the run stops here and stays resumable (eggroll-rl train --resume RUN)")
 
-    def push(self, step: int, fitness: torch.Tensor, master: dict[str, torch.Tensor]) -> None:
+    def update(self, step: int, fitness: torch.Tensor) -> None:
+        """Every worker applies the update itself from the fitness vector; replacements for workers
+        that died rebuild their master and join; every `cluster.check_every` steps each worker's
+        master is compared with the trainer's."""
         vector = fitness.tolist()
         self.fitness_since.append(vector)
-        ray.get([self._call(w, "tell", step, vector) for w in self.workers])
+        ray.get([self._call(w, "update", step, vector) for w in self.workers])
         while self._dead:  # replacements rebuild their master, are checked, and join at the next step
             slot = self._dead.pop()
             worker = self._start(slot)
-            self._compare(worker, master, step)
+            self._compare(worker, step)
             self.slots[slot] = worker
-
-    def check(self, step: int, master: dict[str, torch.Tensor]) -> None:
         if (step + 1) % self.cfg.cluster.check_every == 0:
             for worker in self.workers:
-                self._compare(worker, master, step)
+                self._compare(worker, step)
 
-    def _compare(self, worker, master: dict[str, torch.Tensor], step: int) -> None:
-        theirs, ours = ray.get(worker.master_hash.remote()), master_hash(master)
+    def _compare(self, worker, step: int) -> None:
+        theirs, ours = ray.get(worker.master_hash.remote()), master_hash(self.learner.master)
         if theirs != ours:
             raise ClusterError(f"cluster: a worker's master weights differ from the trainer's after step {step + 1} "
                                f"(hash {theirs[:12]} vs {ours[:12]}); the run stops here: resume it from its last checkpoint")
 
-    def take_network_bytes(self) -> int:
-        """Bytes of requests and results (pickled) since the last call."""
+    def metrics(self) -> dict[str, float]:
+        """Workers alive, and bytes of requests and results (pickled) since the last step."""
         taken, self._bytes = self._bytes, 0
-        return taken
+        return {"cluster/workers": len(self.slots), "cluster/bytes": taken}
 
     def evaluate(self, prompts: list[list[int]], rows: list[dict]) -> EvalResult:
         return ray.get(self.workers[0].evaluate.remote(prompts, rows))

@@ -1,8 +1,8 @@
 """`eggroll-rl export`: a run -> a Hugging Face model folder, or with --as-adapter a PEFT LoRA adapter
 of the learned change (+ model card), optionally pushed to the Hub.
 
-Registered in cli.py as ``app.command()(export)``. The export itself (exporter.py: torch,
-transformers) is imported inside the command, after the arguments are checked.
+Registered in cli.py as ``app.command()(export)``. The export itself (the exporting package:
+torch, transformers) is imported inside the command, after the arguments are checked.
 
 Exit codes: 0 done; 2 a problem with the arguments or the run (no such step, --out not empty, bad
 repo id, no fitness log, --rank with --energy); 1 the push failed (no token, network, HTTP error:
@@ -19,8 +19,8 @@ import typer
 from .adapter import ADAPTER_WEIGHTS, DEFAULT_CHOICE, RankChoice
 from .config import ConfigError
 from .hub import TOKEN_HELP, HubError, check_repo_id, find_token, hub_endpoint, offline_mode, push_folder
-from .model_card import human_bytes
 from .terminal import console, fail, quiet_libraries
+from .units import human_bytes
 
 
 def export(
@@ -67,7 +67,7 @@ def export(
         if not token:
             fail(f"--push-to-hub needs a Hugging Face token: {TOKEN_HELP}; nothing was exported", 1)
 
-    from .exporter import MANIFEST, ExportError, export_run  # torch, transformers: after the checks above
+    from .exporting import MANIFEST, ExportError, export_run  # torch, transformers: after the checks above
     from .replay import ReplayError
 
     if choice is not None and evaluate and not dry_run:  # an engine will score the adapter
@@ -144,7 +144,7 @@ def export(
 
 
 def print_adapter_report(report) -> None:
-    """Rank, energy kept, size and held-out accuracy of an adapter export (adapter_export.AdapterReport)."""
+    """Rank, energy kept, size and held-out accuracy of an adapter export (exporting.AdapterReport)."""
     ranks = f"{report.r} for all {report.matrices} matrices" if report.min_rank == report.r else \
         f"{report.min_rank} to {report.r} over {report.matrices} matrices (PEFT r {report.r} + rank_pattern)"
     vllm = f"vLLM max_lora_rank >= {report.max_lora_rank}" if report.max_lora_rank else "above vLLM's max_lora_rank limit (512)"

@@ -7,7 +7,7 @@ the fitness (es.py). The trainer logs every step's shaped fitness in ``fitness.j
 (``{"step": t, "fitness": [N floats]}``, t 0-based) as ``fitness.tolist()`` of a float64 tensor,
 and JSON floats round-trip exactly, so
 
-    master = base targets (fp32);  for t in 0..T-1: es.tell(t, fitness_t, master)
+    learner = Learner.start(base);  learner.catch_up(fitness_0 .. fitness_T-1)     (learner.py)
 
 gives back, bit for bit on the same kind of machine (CPU, fp32), the master weights the run saved
 at step T, with no checkpoint at all: a few KB of log instead of a full model per checkpoint.
@@ -27,15 +27,11 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, RecipeConfig
-from .es import EggrollES
+from .learner import Learner
 from .models import resolve_model
-from .params import load_tensors
 from .prepare import model_targets
 from .run_dir import FITNESS, METRICS, RunDir
 
-# The trainer's fitness tensors are float64 (scores are float64; shaping keeps the dtype), and the
-# update subtracts mirrored pairs in that dtype before casting: replay must use the same one.
-FITNESS_DTYPE = torch.float64
 # Relative difference allowed between a replayed and a logged update norm: far above float noise
 # (different BLAS/threads), far below what a wrong fitness vector or recipe produces.
 UPDATE_NORM_RTOL = 1e-3
@@ -119,11 +115,10 @@ def replay_master(run_dir: Path, steps: int | None = None, check_metrics: bool =
     logged = {rec["step"] - 1: rec for rec in run.read(METRICS)
               if check_metrics and isinstance(rec, dict) and isinstance(rec.get("step"), int)}
 
-    master = load_tensors(base, targets, dtype=torch.float32)
-    es = EggrollES(cfg.es, seed=cfg.seed, total_steps=cfg.train.steps)
+    learner = Learner.start(cfg, base, targets)
     checked = 0
     for step, fit in enumerate(vectors):
-        stats = es.tell(step, torch.tensor(fit, dtype=FITNESS_DTYPE), master)
+        stats = learner.tell(fit)
         rec = logged.get(step)
         if rec is None:
             continue
@@ -135,7 +130,7 @@ def replay_master(run_dir: Path, steps: int | None = None, check_metrics: bool =
                 )
         checked += 1
     return ReplayResult(
-        master=master,
+        master=learner.master,
         steps=len(vectors),
         base_model_dir=base,
         targets=targets,

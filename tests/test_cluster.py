@@ -83,18 +83,16 @@ def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(one_worker, tmp_pa
 
 @pytest.mark.slow
 def test_a_drifting_worker_is_caught_with_one_line(tmp_path, monkeypatch):
-    import ray
-
     from eggroll_rl.cluster import RayPopulation
 
-    real = RayPopulation.push
+    real = RayPopulation.update
 
-    def push_then_drift(self, step, *args, **kwargs):
+    def update_then_drift(self, step, *args, **kwargs):
         real(self, step, *args, **kwargs)
-        if step == 0:
-            ray.get(self.slots[1].drift_for_test.remote())
+        if step == 0:  # the trainer's master drifts from the workers', as a silent divergence would
+            next(iter(self.learner.master.values())).view(-1)[0] += 1e-3
 
-    monkeypatch.setattr(RayPopulation, "push", push_then_drift)
+    monkeypatch.setattr(RayPopulation, "update", update_then_drift)
     result = runner.invoke(app, ["train", TINY, *COMMON, "cluster.workers=2", "cluster.check_every=2",
                                  "run_name=drift", f"output_dir={tmp_path}"])
     assert result.exit_code == 1

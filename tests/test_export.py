@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from eggroll_rl.cli import app
-from eggroll_rl.exporter import MANIFEST, list_files
+from eggroll_rl.exporting import MANIFEST, list_files
 from eggroll_rl.params import load_tensors
 from eggroll_rl.replay import replay_master
 
@@ -192,7 +192,7 @@ def test_model_card_has_metadata_eval_table_and_plot(run, exported):
 
 
 def test_license_is_inherited_from_readme_metadata_then_known_aliases(tmp_path):
-    from eggroll_rl.model_card import base_model_id, resolve_license
+    from eggroll_rl.exporting.card import base_model_id, resolve_license
 
     with_readme = tmp_path / "a"
     with_readme.mkdir()

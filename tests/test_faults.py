@@ -61,12 +61,12 @@ def assert_same_run(reference: Path, run: Path, steps: int) -> None:
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_bitwise_with_every_record_and_a_torn_log_repaired(tmp_path, monkeypatch):
-    from eggroll_rl import trainer as train_module
+    from eggroll_rl import learner as learner_module
 
     common = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "es.optimizer=adam", "es.lr=0.01",
               f"output_dir={tmp_path}"]
     assert runner.invoke(app, ["train", TINY, *common, "run_name=full"]).exit_code == 0
-    real_save = train_module.save_checkpoint
+    real_save = learner_module.save_checkpoint
 
     def save_then_die(dest, *args, **kwargs):
         path = real_save(dest, *args, **kwargs)
@@ -74,10 +74,10 @@ def test_interrupted_run_resumes_bitwise_with_every_record_and_a_torn_log_repair
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(learner_module, "save_checkpoint", save_then_die)
     interrupted = runner.invoke(app, ["train", TINY, *common, "run_name=cut"])
     assert interrupted.exit_code == 130 and "--resume" in interrupted.output
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(learner_module, "save_checkpoint", real_save)
     assert list((tmp_path / "cut" / "checkpoints").iterdir()) == [tmp_path / "cut" / "checkpoints" / "step_000002"]
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward_mean": 0.12')  # then died in the middle of step 3's append

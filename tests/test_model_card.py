@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from eggroll_rl.config import from_dict
-from eggroll_rl.model_card import TEMPLATE, CardInputs, render_model_card
+from eggroll_rl.exporting.card import TEMPLATE, CardInputs, render_model_card
 
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 METRICS = [{"step": s, "reward_mean": 0.1 * s, "time/step": 30.0, "new_tokens": 1000} for s in (1, 2, 3, 4)]
@@ -187,7 +187,7 @@ def test_card_is_what_modelcard_saves_and_the_template_ships_in_the_package(base
 
 
 def adapter_report(**changes):
-    from eggroll_rl.adapter_export import AdapterReport
+    from eggroll_rl.exporting import AdapterReport
 
     report = dict(choice={"energy": 0.9}, base_model="smollm2-135m-instruct", r=160, min_rank=95, matrices=210,
                   energy_kept=0.9071, worst_matrix="model.layers.3.self_attn.k_proj.weight", worst_energy=0.9003,

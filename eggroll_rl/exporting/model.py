@@ -1,7 +1,7 @@
 """The files of a merged-model export: weights, config and tokenizer, checked to be a plain HF model.
 
-exporter.py plans an export and writes its card and manifest; this module writes the model itself
-into the (temporary) export folder, as adapter_export.py writes an adapter:
+run.py builds an export and writes its card and manifest; this module writes the model itself
+into the (temporary) export folder, as adapter.py writes an adapter:
 
 * weights: the checkpoint's ``model.safetensors`` of that step (already merged, base names and
   dtype), or replayed from the fitness log (replay.py), then compared bit for bit with the
@@ -16,25 +16,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from .checkpoint import MASTER_FILE, merged_state_dict, read_state
-from .params import WEIGHTS_FILE, copy_model_files, save_tensors, weight_dtypes
-from .replay import ReplayError, replay_master
-
-if TYPE_CHECKING:
-    from .exporter import ExportPlan
+from ..checkpoint import MASTER_FILE, merged_state_dict, read_state
+from ..params import WEIGHTS_FILE, copy_model_files, save_tensors, weight_dtypes
+from ..replay import ReplayError, replay_master
+from .plan import ExportError, ExportPlan
 
 # Tensor names an inference engine or an adapter library would have added: never in an export.
 FOREIGN_NAME_MARKERS = ("lora_A", "lora_B", "lora_embedding", "base_layer", ".lora.")
-
-
-class ExportError(ValueError):
-    """An export that cannot be done, explained in one line."""
 
 
 # ----------------------------------------------------------------------------------------

@@ -5,10 +5,10 @@ One template serves a merged model and a LoRA adapter of the learned change (``C
 
 Everything here is read from the run directory (config.yaml, metrics.jsonl, eval.jsonl,
 fitness.jsonl) and the base model folder; nothing is invented. The card's text is the template
-templates/model_card.md, which huggingface_hub's ModelCard fills: this module turns the run into
-the template's plain values. The licence is inherited from the base model: its README metadata
-when the folder has one, else the licence our alias conversion recorded (eggroll_source.json),
-else a small table of known model families, else 'other'.
+eggroll_rl/templates/model_card.md, which huggingface_hub's ModelCard fills: this module turns the
+run into the template's plain values. The licence is inherited from the base model: its README
+metadata when the folder has one, else the licence our alias conversion recorded
+(eggroll_source.json), else a small table of known model families, else 'other'.
 """
 
 from __future__ import annotations
@@ -18,22 +18,21 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import metadata_load
 
-from .config import RecipeConfig
-from .data import parse_source
-from .hub import is_repo_id
-from .models import adapter_origin, alias_hub_id, list_aliases
-
-if TYPE_CHECKING:
-    from .adapter_export import AdapterReport
+from ..config import RecipeConfig
+from ..data import parse_source
+from ..hub import is_repo_id
+from ..models import adapter_origin, alias_hub_id, list_aliases
+from ..units import human_bytes, human_seconds
+from .plan import AdapterReport
 
 PLOT_FILE = "training_curves.png"
-TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+TEMPLATE = Path(__file__).parent.parent / "templates" / "model_card.md"
 BASE_TAGS = ["eggroll", "evolution-strategies", "eggroll-rl", "low-rank-perturbations"]
 # Well-known data sets: the first one named in a local file's path or a Hub dataset id becomes a
 # tag, so that the Hub lists the model with them.
@@ -62,7 +61,7 @@ KNOWN_LICENSES: list[tuple[str, str]] = [
 
 @dataclass
 class CardInputs:
-    """What the card is made of; exporter.py fills it from a run directory."""
+    """What the card is made of; run.py fills it from a run directory."""
 
     cfg: RecipeConfig
     step: int  # updates in the exported weights
@@ -206,19 +205,6 @@ def plot_training_curves(metrics: list[dict], evals: list[dict], path: Path, ste
 
 # ----------------------------------------------------------------------------------------
 # Card
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _fmt(v: Any) -> str:

@@ -8,7 +8,7 @@ The folder (default ``<run>/export``, or ``<run>/export-step_N`` for an earlier 
     tokenizer files, chat_template.jinja        the base model's tokenizer with its chat template
     model.safetensors                           every weight under the base checkpoint's own names, in
                                                 its dtype: trained matrices from the fp32 master copy
-    README.md                                   model card with Hub metadata (model_card.py)
+    README.md                                   model card with Hub metadata (card.py)
     training_curves.png                         train reward per step, eval accuracy per evaluation
     training/config.yaml, fitness.jsonl,        the resolved recipe and the run's logs up to the step: a
              metrics.jsonl, eval.jsonl          run directory that `export --replay` rebuilds the weights from
@@ -16,11 +16,11 @@ The folder (default ``<run>/export``, or ``<run>/export-step_N`` for an earlier 
 
 Weights come from the run's checkpoint of that step (``checkpoints/step_N/model.safetensors``,
 already merged, base names and dtype), or with ``--replay`` from the fitness log alone (replay.py),
-compared bit for bit with the checkpoint of that step when one exists (model_export.py).
+compared bit for bit with the checkpoint of that step when one exists (model.py).
 
 With ``--as-adapter`` the folder (default ``<run>/adapter-r16``, ``<run>/adapter-e0.99``, ...) holds
 a PEFT LoRA adapter of the learned change instead of config, tokenizer and weights
-(adapter_export.py); card, plot, training/ and the manifest are as above.
+(adapter.py); card, plot, training/ and the manifest are as above.
 
 The folder is built in a temporary sibling and renamed into place (files.py): an interrupted
 export never leaves a folder that looks complete, and a non-empty ``--out`` is only replaced with
@@ -33,60 +33,21 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapter import ADAPTER_WEIGHTS, RankChoice
-from .adapter_export import AdapterReport, evaluate_adapter, write_learned_adapter
-from .config import ConfigError, RecipeConfig
-from .files import atomic_folder
-from .model_card import PLOT_FILE, CardInputs, eval_before_after, plot_training_curves, render_model_card
-from .model_export import ExportError, write_model_files
-from .params import WEIGHTS_FILE, weight_dtypes
-from .run_dir import EVALS, FITNESS, METRICS, RunDir
+from ..adapter import ADAPTER_WEIGHTS, RankChoice
+from ..files import atomic_folder
+from ..params import WEIGHTS_FILE, weight_dtypes
+from ..run_dir import EVALS, FITNESS, METRICS, RunDir
+from .adapter import evaluate_adapter, write_learned_adapter
+from .card import PLOT_FILE, CardInputs, eval_before_after, plot_training_curves, render_model_card
+from .model import write_model_files
+from .plan import AdapterReport, ExportError, ExportPlan, ExportResult, plan_export
 
 MANIFEST = ".eggroll_export.json"
 TRAINING_DIR = "training"
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
                       "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-@dataclass
-class ExportPlan:
-    run: RunDir
-    cfg: RecipeConfig
-    step: int
-    final_step: int
-    replay: bool
-    checkpoint: Path | None  # the checkpoint of `step` (source, or what a replay is checked against)
-    logged_steps: int
-
-    @property
-    def source(self) -> str:
-        return "replay" if self.replay else "checkpoint"
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    step: int
-    source: str  # "checkpoint" | "replay"
-    files: list[tuple[str, int]]  # (relative path, bytes), sorted
-    weights_bytes: int
-    fitness_log_bytes: int
-    checkpoint_bytes: int  # the checkpoint folder of that step (weights + trainer state), 0 if none
-    written: bool = True  # False for a dry run
-    reused: bool = False  # an existing export of the same run/step/source was kept
-    verified: str | None = None  # replay vs checkpoint comparison, in words
-    replay_seconds: float = 0.0
-    eval_before: dict | None = None
-    eval_after: dict | None = None
-    notes: list[str] = field(default_factory=list)
-    adapter: AdapterReport | None = None  # an adapter export's rank, energy, sizes and evals
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(size for _, size in self.files)
 
 
 # ----------------------------------------------------------------------------------------
@@ -122,39 +83,6 @@ def list_files(folder: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> list[tup
 def default_out(run: RunDir, step: int, final_step: int, adapter: RankChoice | None = None) -> Path:
     name = "export" if adapter is None else f"adapter-{adapter.label}"
     return run / (name if step == final_step else f"{name}-step_{step}")
-
-
-# ----------------------------------------------------------------------------------------
-# Plan: which step, from where
-
-
-def plan_export(run_dir: Path, step: int | None = None, replay: bool = False) -> ExportPlan:
-    run = RunDir(run_dir)
-    if step is not None and step < (0 if replay else 1):
-        raise ExportError(f"--step: got {step}; expected a step >= {0 if replay else 1}")
-    try:
-        cfg = run.load_config()
-        logged = run.fitness_steps()
-    except ConfigError as exc:
-        raise ExportError(str(exc)) from None
-    ckpts = run.checkpoints()
-    if replay:
-        if logged == 0:
-            raise ExportError(f"{run / FITNESS}: missing or empty; --replay rebuilds weights from the run's fitness log")
-        target = logged if step is None else step
-        if target > logged:
-            raise ExportError(f"--step {target}: the fitness log has {logged} steps; replay can rebuild steps 0..{logged}")
-        return ExportPlan(run, cfg, target, logged, True, ckpts.get(target), logged)
-    if not ckpts:
-        hint = "; rebuild the weights from the fitness log with --replay" if logged else ""
-        raise ExportError(f"{run}: no complete checkpoint in {run / 'checkpoints'}{hint}")
-    final = max(ckpts)
-    target = final if step is None else step
-    if target not in ckpts:
-        have = ", ".join(str(s) for s in ckpts)
-        hint = f"; --replay --step {target} rebuilds it from the fitness log" if 0 < target <= logged else ""
-        raise ExportError(f"--step {target}: no checkpoint of that step (checkpoints: {have}){hint}")
-    return ExportPlan(run, cfg, target, final, False, ckpts[target], logged)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`export --as-adapter`: what a run learned, ΔW = W_final − W_base, as a PEFT LoRA adapter.
 
-exporter.py plans the export (step, checkpoint or replay, output folder, reuse, card, manifest) for
-both kinds; this module writes the adapter's own files and measures it (adapter.py does the math):
+run.py builds the export (step, checkpoint or replay, output folder, reuse, card, manifest) for
+both kinds; this module writes the adapter's own files and measures it (eggroll_rl/adapter.py does
+the math):
 
     adapter_config.json, adapter_model.safetensors   load as they are in peft.PeftModel and in vLLM
                                                      with a LoRARequest (max_lora_rank >= r)
@@ -12,7 +13,7 @@ holds the old adapter's change plus the run's and applies to the same model. The
 run's targets plus those the old adapter changed. W_final is the run's fp32 master copy (exact),
 from the checkpoint of the step or replayed from the fitness log.
 
-The report (:class:`AdapterReport`): PEFT's r and the smallest rank used, the fraction of ΔW's
+The report (plan.AdapterReport): PEFT's r and the smallest rank used, the fraction of ΔW's
 energy kept overall and in the worst matrix, the adapter's size next to the merged model's and,
 when the run has a held-out set, the adapter's accuracy (base + adapter merged, evaluated as
 `eggroll-rl eval` does) next to the merged model's: the run's own eval of that step when it made
@@ -21,46 +22,23 @@ one (a fresh eval of the checkpoint gives the same completions), else a fresh ev
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from .adapter import ADAPTER_WEIGHTS, AdapterError, RankChoice, factorize, write_adapter
-from .backends.vllm_engine import VLLM_LORA_RANKS, vllm_lora_rank
-from .checkpoint import MASTER_FILE
-from .models import adapter_origin, merge_adapter, portable_spec
-from .params import WEIGHTS_FILE, checkpoint_shapes, load_tensors
-from .replay import base_and_targets, replay_master
-from .run_dir import ENGINE_LOG, EVALS
+from ..adapter import ADAPTER_WEIGHTS, AdapterError, RankChoice, factorize, write_adapter
+from ..backends.vllm_engine import VLLM_LORA_RANKS, vllm_lora_rank
+from ..checkpoint import MASTER_FILE
+from ..models import adapter_origin, merge_adapter, portable_spec
+from ..params import WEIGHTS_FILE, checkpoint_shapes, load_tensors
+from ..replay import base_and_targets, replay_master
+from ..run_dir import ENGINE_LOG, EVALS
+from .plan import AdapterReport, ExportPlan
 
 if TYPE_CHECKING:
     import torch
 
-    from .exporter import ExportPlan
-
 # Eval summary fields the report keeps (the per-prompt list only serves the paired difference).
 EVAL_FIELDS = ("accuracy", "ci_low", "ci_high", "reward_mean", "n")
-
-
-@dataclass
-class AdapterReport:
-    choice: dict[str, Any]  # RankChoice.as_dict()
-    base_model: str  # the adapter's base_model_name_or_path
-    r: int  # PEFT's r: the largest rank
-    min_rank: int
-    matrices: int
-    energy_kept: float  # Σ kept σ² / Σ σ² over all matrices
-    worst_matrix: str
-    worst_energy: float
-    adapter_bytes: int
-    merged_bytes: int  # model.safetensors of the merged model (the checkpoint's, else base-sized)
-    max_lora_rank: int | None  # the smallest vLLM max_lora_rank that loads it
-    eval_adapter: dict | None = None
-    eval_merged: dict | None = None
-    difference: list[float] | None = None  # adapter − merged accuracy, paired 95% CI: [diff, low, high]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------
@@ -128,8 +106,8 @@ def _kept(summary: dict, step: int) -> dict:
 def evaluate_adapter(plan: ExportPlan, adapter_dir: Path, out: Path, report: AdapterReport) -> None:
     """Fill the report's held-out accuracies: the adapter in `adapter_dir` (to be renamed `out`),
     merged into its base as `eggroll-rl eval out` merges it, and the merged model."""
-    from .evaluation import evaluate_model
-    from .metrics import paired_difference_ci
+    from ..evaluation import evaluate_model
+    from ..metrics import paired_difference_ci
 
     if not plan.cfg.data.eval_size:
         return
