@@ -80,7 +80,8 @@ def number(pattern: str, text: str) -> float | None:
 
 
 def part_tests(args) -> dict:
-    files = ["tests/test_torch_backend.py", "tests/test_es.py", "tests/test_noise.py", "tests/test_train.py"]
+    files = ["tests/integration/test_torch_backend.py", "tests/unit/test_es.py", "tests/unit/test_noise.py",
+             "tests/integration/test_train.py"]
     code, out = run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
                     args.timeout, {"EGGROLL_TEST_DEVICE": "cuda"})
     summary = (re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", out, re.M) or [f"exit {code}"])[-1]

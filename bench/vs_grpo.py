@@ -195,7 +195,7 @@ def machine(cfg) -> dict:
     """What the figures depend on: the CPU (its bf16 support decides the engine dtype and a
     several-fold speed difference), its cores, the engine dtype, the GPU where there is one."""
     import torch
-    from eggroll_rl.backends import cpu_name, native_bf16_flags, read_cpuinfo, resolve_dtype
+    from eggroll_rl.machine import cpu_name, native_bf16_flags, read_cpuinfo, resolve_dtype
 
     cpuinfo = read_cpuinfo()
     bf16_flags = native_bf16_flags(cpuinfo)

@@ -63,6 +63,11 @@ class RankChoice:
     rank: int | None = None
     energy: float | None = None
 
+    @classmethod
+    def of(cls, rank: int | None, energy: float | None) -> RankChoice:
+        """The choice --rank / --energy make; DEFAULT_CHOICE when neither is given."""
+        return DEFAULT_CHOICE if rank is None and energy is None else cls(rank, energy)
+
     def problem(self) -> str | None:
         """None if exactly one of rank and energy is set, and within range; else a one-line problem."""
         if (self.rank is None) == (self.energy is None):

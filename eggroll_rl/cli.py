@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -13,26 +14,36 @@ import typer
 import yaml
 from rich.table import Table
 
-from .config import ConfigError, RecipeConfig, load_config, load_recipe_dict, to_dict
+from .config import ConfigError, data_files, load_config, load_recipe_dict, to_dict
 from .export_cli import export
-from .recipes import shipped
+from .recipes import recipe_path, shipped, unknown_recipe
 from .run_dir import EVALS, RunDir
-from .terminal import console, fail, quiet_libraries
+from .terminal import console, fail, first_line, quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune LLMs for reasoning with EGGROLL evolution strategies.")
 
 
-def recipe_path(spec: str) -> Path:
-    """A recipe file, or the name of a shipped one (`quickstart`, from any directory)."""
-    path = Path(spec)
-    if path.is_file() or path.suffix in (".yaml", ".yml"):
-        return path
-    return shipped().get(spec, path)
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"eggroll-rl {__version__}")
+        raise typer.Exit()
 
 
-def run_dir_for(cfg: RecipeConfig, recipe: Path | None) -> RunDir:
-    name = cfg.run_name or f"{recipe.stem if recipe else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return RunDir(Path(cfg.output_dir) / name)
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Fine-tune LLMs for reasoning with EGGROLL evolution strategies."""
+
+
+def split_overrides(recipe: str | None, overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """(RECIPE, overrides): a RECIPE argument with '=' that names no file is the first override
+    (`train --resume RUN key=value`, `eval RUN key=value`)."""
+    overrides = list(overrides or [])
+    if recipe is not None and "=" in recipe and not Path(recipe).is_file():
+        return None, [recipe, *overrides]
+    return recipe, overrides
 
 
 @app.command()
@@ -44,12 +55,9 @@ def train(
     report_to: Optional[str] = typer.Option(None, "--report-to", help="Trackers, comma-separated: tensorboard, wandb, trackio, mlflow, none."),
 ) -> None:
     """Train a model with EGGROLL on a recipe."""
-    overrides = list(overrides or [])
+    recipe, overrides = split_overrides(recipe, overrides)
     if report_to is not None:
         overrides.append(f"report_to=[{report_to}]")
-    if recipe is not None and "=" in recipe and not Path(recipe).is_file():
-        overrides.insert(0, recipe)  # `train --resume RUN key=value`: no recipe, only overrides
-        recipe = None
     try:
         if resume is not None:
             run = RunDir(resume)
@@ -58,12 +66,18 @@ def train(
             cfg = run.resume_config(overrides)
         else:
             if recipe is None:
-                fail("missing RECIPE; e.g. `eggroll-rl train recipes/tiny.yaml` (list them: `eggroll-rl recipes`)", 2)
+                fail("missing RECIPE; e.g. `eggroll-rl train tiny` (list them: `eggroll-rl recipes list`)", 2)
             path = recipe_path(recipe)
+            if not path.is_file():
+                fail(unknown_recipe(recipe), 2)
             cfg = load_config(path, overrides)
-            run = run_dir_for(cfg, path)
+            run = RunDir.new(cfg, path)
             if run.path.exists() and any(run.path.iterdir()):
-                fail(f"run directory {run} already exists; continue it with --resume {run} or pick another run_name=", 2)
+                if any(o.partition("=")[0].strip() == "run_name" for o in overrides):
+                    fail(f"run directory {run} already exists; continue it with --resume {run} or pick another run_name=", 2)
+                # A name the recipe fixes: this run gets a new directory of its own, the old one stays.
+                cfg = dataclasses.replace(cfg, run_name=f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+                run = RunDir.new(cfg, path)
     except ConfigError as exc:
         fail(str(exc), 2)
 
@@ -77,8 +91,7 @@ def train(
     except ConfigError as exc:
         fail(str(exc), 2)
     except Exception as exc:  # an engine that died, a full disk, ...: keep the run resumable
-        first = (str(exc).strip().splitlines() or [""])[0]
-        problem = f"training stopped: {type(exc).__name__}: {first}"
+        problem = f"training stopped: {type(exc).__name__}: {first_line(exc)}"
         if isinstance(exc, OSError):
             problem += f" (check free space, permissions and file-size limits of output_dir={cfg.output_dir})"
         if not RunDir.holds_run(run.path):  # stopped before the run began: nothing to resume
@@ -133,19 +146,20 @@ def eval_(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the engine's own output live (default: OUT.engine.log)."),
 ) -> None:
     """Score a model on a recipe's held-out set with the training grader: accuracy, pass@k, maj@k."""
-    overrides = list(overrides or [])
-    if recipe is not None and "=" in recipe and not Path(recipe).is_file():
-        overrides.insert(0, recipe)
-        recipe = None
+    recipe, overrides = split_overrides(recipe, overrides)
     if samples < 1:
         fail(f"--samples: got {samples}; expected an integer >= 1", 2)
     if samples > 1:
         overrides += [f"generation.samples_per_prompt={samples}", f"generation.temperature={temperature}"]
     try:
         if recipe is None and not RunDir.holds_run(model):
-            fail(f"missing RECIPE: {model} is not a run directory with a config.yaml; e.g. `eggroll-rl eval {model} quickstart`", 2)
+            what = "not found" if not Path(model).exists() else "not a run directory (no config.yaml)"
+            fail(f"{model}: {what}; give a run directory written by `eggroll-rl train`, or a model and a recipe: "
+                 f"`eggroll-rl eval {model} quickstart`", 2)
         if recipe is None or RunDir.holds_run(recipe):  # a run directory's saved recipe
             cfg = RunDir(recipe or model).load_config(overrides)
+        elif not recipe_path(recipe).is_file():
+            fail(unknown_recipe(recipe), 2)
         else:
             cfg = load_config(recipe_path(recipe), overrides)
     except ConfigError as exc:
@@ -167,9 +181,8 @@ def eval_(
     except KeyboardInterrupt:
         fail("interrupted; nothing was written", 130)
     except Exception as exc:  # an engine that died, an unwritable output folder, ...
-        first = (str(exc).strip().splitlines() or [""])[0]
         where = f" (engine output in {engine_log})" if engine_log is not None and engine_log.is_file() else ""
-        fail(f"eval stopped: {type(exc).__name__}: {first}{where}", 1)
+        fail(f"eval stopped: {type(exc).__name__}: {first_line(exc)}{where}", 1)
     with out.open("w") as f:
         for spec, result in results:
             result.write_jsonl(f, spec)
@@ -206,8 +219,13 @@ app.add_typer(recipes_app, name="recipes")
 @recipes_app.callback(invoke_without_command=True)
 def recipes(ctx: typer.Context) -> None:
     """List the shipped recipes with a one-line description each."""
-    if ctx.invoked_subcommand is not None:
-        return
+    if ctx.invoked_subcommand is None:
+        recipes_list()
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List the shipped recipes with a one-line description each."""
     table = Table("recipe", "description", "model")
     for name, path in shipped().items():
         data = load_recipe_dict(path)
@@ -218,7 +236,7 @@ def recipes(ctx: typer.Context) -> None:
 def _shipped_or_fail(name: str) -> Path:
     path = recipe_path(name)
     if not path.is_file():
-        fail(f"recipe '{name}' not found; the shipped ones are: {', '.join(shipped())}", 2)
+        fail(unknown_recipe(name), 2)
     return path
 
 
@@ -248,9 +266,7 @@ def recipes_cp(
     if dest.exists() and not force:
         fail(f"{dest} exists; pass --force to replace it, or choose another name", 2)
     # Data files the recipe names relative to itself come along, to the same relative place.
-    data = load_recipe_dict(source).get("data") or {}
-    files = [value for value in (data.get("path"), data.get("eval_split"))
-             if isinstance(value, str) and not Path(value).is_absolute() and (source.parent / value).is_file()]
+    files = list(data_files(load_recipe_dict(source), source.parent).values())
     clash = [f for f in files if (dest.parent / f).exists() and not force]
     if clash:
         fail(f"{dest.parent / clash[0]} exists; pass --force to replace it, or copy to another folder", 2)

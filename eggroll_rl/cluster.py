@@ -227,4 +227,8 @@ def _merge(parts: list[Rollout]) -> Rollout:
 def _merge_scores(parts: list[Scores]) -> Scores:
     return Scores(total=torch.cat([p.total for p in parts]),
                   per_reward={k: torch.cat([p.per_reward[k] for p in parts]) for k in parts[0].per_reward},
-                  completions=[c for p in parts for c in p.completions])
+                  completions=[c for p in parts for c in p.completions],
+                  extra={k: [v for p in parts for v in p.extra.get(k, [None] * len(p.completions))]
+                         for k in {k for p in parts for k in p.extra}},
+                  metrics={k: sum(v) / len(v) for k in {k for p in parts for k in p.metrics}
+                           if (v := [p.metrics[k] for p in parts if k in p.metrics])})

@@ -12,29 +12,17 @@ allowed. The CLI turns it into exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe problem, explained in one line."""
+from .settings import ConfigError, build, merge, parse_overrides
 
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"es": {"lr": 1}} -> {"es.lr": 1}: nested settings as dot paths."""
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
 
 
 @dataclass
@@ -188,7 +176,7 @@ class RecipeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Engine weights (the ES update always runs on an fp32 master copy). auto: bfloat16 on a GPU
     # and on a CPU that runs it natively (AMX / avx512_bf16), float32 on other CPUs, where vLLM's
-    # bf16 path is several times slower (backends.resolve_dtype).
+    # bf16 path is several times slower (machine.resolve_dtype).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -200,132 +188,6 @@ class RecipeConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Experiment trackers mirroring the run's logs: any of TRACKERS, or none (tracking.py).
     report_to: list[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------------------
-# Building typed configs from plain data
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return getattr(origin, "__name__", str(origin))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
-
-    def bad(allowed: str | None = None) -> ConfigError:
-        return ConfigError(
-            f"{key}: got {value!r} ({type(value).__name__}); expected {allowed or _type_name(tp)}"
-        )
-
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise bad()
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise bad()
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad(f"a mapping of {tp.__name__} fields")
-        return _build(tp, value, key + ".")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad(f"a list of {_type_name(args[0])}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise bad(f"a list of {len(args)} numbers")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad("a mapping")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    raise bad()
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else "allowed: " + ", ".join(names)
-            raise ConfigError(f"unknown key '{prefix}{key}'; {hint}")
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{dotted}': '{'.'.join(parts[: i + 1])}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["es.sigma=0.002", "model=x"]`` -> nested dict with YAML-parsed values."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. es.sigma=0.002)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key.strip(), value)
-    return tree
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_recipe_dict(path: str | Path) -> dict[str, Any]:
@@ -351,34 +213,40 @@ def from_dict(data: dict[str, Any]) -> RecipeConfig:
     if isinstance(data.get("rewards"), list):
         # "math_accuracy" is shorthand for {name: math_accuracy, weight: 1}
         data = {**data, "rewards": [{"name": r} if isinstance(r, str) else r for r in data["rewards"]]}
-    cfg = _build(RecipeConfig, data)
+    if isinstance(data.get("report_to"), str):  # as transformers and TRL take it: "wandb", "wandb,tensorboard"
+        data = {**data, "report_to": [t.strip() for t in data["report_to"].split(",") if t.strip()]}
+    cfg = build(RecipeConfig, data)
     validate(cfg)
     return cfg
 
 
-# Recipe keys that may name a local file.
+# Recipe keys (of `data:`) that may name a local file.
 _FILE_KEYS = ("path", "eval_split")
+
+
+def data_files(data: dict[str, Any], folder: Path) -> dict[str, str]:
+    """{key: name} of the data files a recipe file (as plain data) names relative to its folder."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return {}
+    return {key: value for key in _FILE_KEYS if isinstance(value := section.get(key), str) and value
+            and not Path(value).is_absolute() and (folder / value).is_file()}
 
 
 def _files_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A data file named relatively in a recipe file is relative to the recipe's folder (so a
     recipe and its data move together); saved absolute, so a run resumes from anywhere. A name
     that is no file there keeps its meaning: a hub id, or a path relative to the current folder."""
-    section = data.get("data")
-    if not isinstance(section, dict):
+    files = data_files(data, folder)
+    if not files:
         return data
-    section = dict(section)
-    for key in _FILE_KEYS:
-        value = section.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).is_file():
-            section[key] = str((folder / value).resolve())
-    return {**data, "data": section}
+    return {**data, "data": {**data["data"], **{key: str((folder / name).resolve()) for key, name in files.items()}}}
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
     """Recipe file (optional) merged with ``key=value`` overrides, validated."""
     data = _files_relative_to(load_recipe_dict(path), Path(path).resolve().parent) if path is not None else {}
-    return from_dict(_merge(data, parse_overrides(overrides or [])))
+    return from_dict(merge(data, parse_overrides(overrides or [])))
 
 
 def to_dict(cfg: RecipeConfig) -> dict[str, Any]:

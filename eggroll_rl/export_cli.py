@@ -28,7 +28,7 @@ def export(
     step: Optional[int] = typer.Option(None, "--step", help="Export the weights after this many steps (default: the last checkpoint; with --replay: the last logged step)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/export, or RUN_DIR/export-step_N)."),
     replay: bool = typer.Option(False, "--replay", help="Rebuild the weights from the run's fitness log (fitness.jsonl) instead of a checkpoint."),
-    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="ORG/NAME", help="Upload the folder to this Hub repo (created if needed; token from HF_TOKEN or `huggingface-cli login`)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="ORG/NAME", help="Upload the folder to this Hub repo (created if needed; token from HF_TOKEN or `hf auth login`)."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private (with --push-to-hub)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch to upload to, created if needed (with --push-to-hub; default main)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be written/uploaded; write and upload nothing."),
@@ -49,15 +49,11 @@ def export(
         fail(f"--revision: '{revision}' is not a branch name", 2)
     if step is not None and step < 0:
         fail(f"--step: got {step}; expected a step >= 0", 2)
-    choice = None
-    if rank is not None or energy is not None:
-        if not as_adapter:
-            fail("--rank and --energy choose an adapter's rank; add --as-adapter", 2)
-        choice = RankChoice(rank, energy)
-        if choice.problem():
-            fail(choice.problem(), 2)
-    elif as_adapter:
-        choice = DEFAULT_CHOICE
+    if (rank is not None or energy is not None) and not as_adapter:
+        fail("--rank and --energy choose an adapter's rank; add --as-adapter", 2)
+    choice = RankChoice.of(rank, energy) if as_adapter else None
+    if choice is not None and choice.problem():
+        fail(choice.problem(), 2)
 
     token, token_source = None, ""
     if push_to_hub and not dry_run:

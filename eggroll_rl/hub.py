@@ -7,7 +7,7 @@
 
 The endpoint is ``HF_ENDPOINT`` when set (read at call time, so a test can point it at a local
 stand-in), else huggingface_hub's default. The token is ``HF_TOKEN`` or the one saved by
-``huggingface-cli login`` / ``hf auth login``.
+``hf auth login`` (older huggingface_hub: ``huggingface-cli login``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TOKEN_HELP = "set HF_TOKEN=hf_... (a write token from https://huggingface.co/settings/tokens) or run `huggingface-cli login`"
+from .terminal import first_line
+
+TOKEN_HELP = "set HF_TOKEN=hf_... (a write token from https://huggingface.co/settings/tokens) or run `hf auth login`"
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -65,18 +67,13 @@ def find_token() -> tuple[str | None, str]:
         token = get_token()
     except Exception:  # e.g. an OIDC exchange that fails: treated as no token
         token = None
-    return (token, "huggingface-cli login") if token else (None, "")
+    return (token, "hf auth login") if token else (None, "")
 
 
 def offline_mode() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.is_offline_mode())
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[0] if lines else ""
 
 
 def _transport_errors() -> tuple[type, ...]:
@@ -101,7 +98,7 @@ def describe_error(exc: BaseException, endpoint: str, repo_id: str) -> str:
         return "HF_HUB_OFFLINE is set: unset it (or set HF_HUB_OFFLINE=0) to push to the Hub"
     if isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None:
         code = exc.response.status_code
-        server = _first_line(getattr(exc, "server_message", "") or "") or _first_line(str(exc))
+        server = first_line(getattr(exc, "server_message", "") or "") or first_line(str(exc))
         if code == 401:
             return f"the Hub at {endpoint} rejected the token (HTTP 401: {server}); {TOKEN_HELP}"
         if code == 403:
@@ -113,9 +110,9 @@ def describe_error(exc: BaseException, endpoint: str, repo_id: str) -> str:
             return f"repo {repo_id} not found on {endpoint} (HTTP {code}: {server})"
         return f"the Hub at {endpoint} answered HTTP {code} for {repo_id}: {server}"
     if isinstance(exc, _transport_errors()):
-        cause = _first_line(str(exc)) or "no details"
+        cause = first_line(str(exc)) or "no details"
         return f"could not reach the Hub at {endpoint} ({type(exc).__name__}: {cause}); check the network (and HF_ENDPOINT)"
-    return f"push to {repo_id} failed ({type(exc).__name__}: {_first_line(str(exc)) or 'no details'})"
+    return f"push to {repo_id} failed ({type(exc).__name__}: {first_line(str(exc)) or 'no details'})"
 
 
 def push_folder(

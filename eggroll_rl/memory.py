@@ -65,9 +65,8 @@ def release_free_heap() -> bool:
 
     A generation step allocates and frees many buffers of many sizes (batches of different
     lengths, sampler and scheduler state); glibc keeps the freed pages for reuse, fragmented, and
-    the resident set creeps up step after step. Measured on the quickstart with the vLLM CPU
-    backend (AMD EPYC, 2 cores, 4 prompts/step): +31 MB per step without a trim after each step,
-    +6 MB with it, at the same s/step; a long run would otherwise end in the OOM killer.
+    the resident set creeps up step after step, until a long run meets the OOM killer
+    (docs/benchmarks.md: the growth per step with and without the trim).
     """
     trim = _malloc_trim()
     if trim is None:

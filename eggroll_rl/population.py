@@ -72,9 +72,12 @@ class LocalPopulation:
                 members: range | None = None) -> StepRollout:
         """Members (default: all of them; a cluster worker's: its range) answer every prompt, graded."""
         members = range(self.cfg.es.population) if members is None else members
+        from transformers import TrainerState
+
         rollout = self.backend.generate(prompts, self.cfg.generation, noise, members, seed=seed)
         t0 = time.perf_counter()
-        scores = score_rollout(rollout, rows, self.reward_fn, self.cfg.data)
+        state = TrainerState(global_step=step, max_steps=self.cfg.train.steps)
+        scores = score_rollout(rollout, rows, self.reward_fn, self.cfg.data, trainer_state=state)
         return StepRollout(rollout, scores, time.perf_counter() - t0)
 
     def update(self, step: int, fitness: torch.Tensor) -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .config import flatten, to_dict
+from .config import to_dict
+from .settings import flatten
 from .run_dir import EVALS, METRICS, RunDir
 
 REPORT = "report.html"

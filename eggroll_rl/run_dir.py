@@ -2,6 +2,8 @@
 
     outputs/<run>/
         config.yaml                 the resolved recipe (read by --resume, eval, export, replay)
+        machine.json                where it ran, as resolved there: backend, device, dtype, noise,
+                                    CPU and GPU, versions (one entry per session: resumes append)
         metrics.jsonl               one record per step, "step": updates applied (t+1 for step t)
         samples.jsonl               a few completions per step, "step" as in metrics.jsonl
         eval.jsonl                  held-out evaluations, "step": updates applied (0 = the base)
@@ -21,16 +23,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .checkpoint import is_complete, read_state
-from .config import ConfigError, RecipeConfig, flatten, load_config, load_recipe_dict, to_dict
+from .config import RecipeConfig, load_config, load_recipe_dict, to_dict
+from .settings import ConfigError, flatten
 from .files import append_line, clean_stale_temporaries, remove_folder, write_text_atomic
 
 CONFIG = "config.yaml"
+MACHINE = "machine.json"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
 EVALS = "eval.jsonl"
@@ -109,6 +114,12 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    @classmethod
+    def new(cls, cfg: RecipeConfig, recipe: Path | None) -> RunDir:
+        """Where a new run of `cfg` goes: output_dir/run_name, or output_dir/<recipe>-<timestamp>."""
+        name = cfg.run_name or f"{recipe.stem if recipe else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return cls(Path(cfg.output_dir) / name)
+
     @staticmethod
     def holds_run(path: str | Path) -> bool:
         """True if `path` is a run directory written by `eggroll-rl train`."""
@@ -119,6 +130,17 @@ class RunDir:
     def save_config(self, cfg: RecipeConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def record_machine(self, info: dict[str, Any]) -> None:
+        """Add this session's machine (machine.describe_run) to machine.json."""
+        path = self.path / MACHINE
+        sessions = json.loads(path.read_text()) if path.is_file() else []
+        write_text_atomic(path, json.dumps([*sessions, info], indent=2) + "\n")
+
+    def machines(self) -> list[dict[str, Any]]:
+        """The machines the run's sessions ran on (none recorded before machine.json existed)."""
+        path = self.path / MACHINE
+        return json.loads(path.read_text()) if path.is_file() else []
 
     def resume_config(self, overrides: list[str] | None = None) -> RecipeConfig:
         """The recipe to continue the run with: the saved one, with only overrides that do not

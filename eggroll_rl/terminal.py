@@ -18,6 +18,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def first_line(text: object) -> str:
+    """The first non-blank line of a message (an exception's, a server's): what one line shows."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
 def quiet_libraries() -> None:
     """Our progress bar and tables are the output; keep library chatter to warnings."""
     import datasets  # heavy: imported only by commands that load models and data

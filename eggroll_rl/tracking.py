@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from .config import TRACKERS, ConfigError, RecipeConfig, flatten, to_dict
+from .config import TRACKERS, RecipeConfig, to_dict
+from .settings import ConfigError, flatten
 from .run_dir import RunDir
 from .scoring import Scores, missing_as_none
 
@@ -100,7 +101,7 @@ class _WandB:
 
         # The same W&B run across --resume: its id is the run directory's name.
         self.wandb = wandb
-        self.run = wandb.init(project=PROJECT, name=run.path.name, id=_run_id(run), resume="allow",
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or PROJECT, name=run.path.name, id=_run_id(run), resume="allow",
                               dir=str(run.path), config=to_dict(cfg))
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 from transformers import AutoTokenizer
 
-from .backends import resolve_placement
+from .machine import describe_run, resolve_placement
 from .config import RecipeConfig
 from .data import PromptLengths, prompt_ids, rows_for_step, sample_prompts
 from .engines import make_population
@@ -128,6 +128,7 @@ def begin(cfg: RecipeConfig, run: RunDir, resume: bool, console: Console | None)
     inputs = prepare(cfg)
     cfg, master_device = resolve_placement(cfg, inputs.model_dir, inputs.targets)
     run.save_config(cfg)
+    run.record_machine(describe_run(cfg, master_device))
     checkpoint = run.latest_checkpoint() if resume else None
     learner = Learner.start(cfg, inputs.model_dir, inputs.targets, checkpoint, device=master_device)
     if resume:
@@ -148,8 +149,13 @@ def step_record(step: int, step_rollout: StepRollout, rewards: torch.Tensor, fit
         "reward_std": float(rewards.std(unbiased=False)),
         "reward_max_member": float(rewards.mean(dim=1).max()),
         **{f"reward/{k}": float(v.nanmean()) for k, v in scores.per_reward.items()},
+        **{f"reward/{k}/std": float(v[~v.isnan()].std(unbiased=False)) if (~v.isnan()).any() else float("nan")
+           for k, v in scores.per_reward.items()},
         # None, NaN or ±inf from a reward: scored 0 in the total (registry.py)
         **{f"reward/{k}/missing": float(v.isnan().double().mean()) for k, v in scores.per_reward.items()},
+        # TRL's signal-health number: the share of prompts on which every member scored the same
+        # (no fitness signal from them at all).
+        "frac_reward_zero_std": float((rewards.std(dim=0, unbiased=False) == 0).double().mean()),
         "fitness_std": float(fitness.std(unbiased=False)),
         "lr": stats.lr,
         "sigma": stats.sigma,
@@ -164,6 +170,7 @@ def step_record(step: int, step_rollout: StepRollout, rewards: torch.Tensor, fit
         **times,
         **memory.metrics(),
         **population.metrics(),
+        **scores.metrics,  # what rewards logged with log_metric
     }
 
 
@@ -176,9 +183,12 @@ def log_step(run: RunDir, trackers: Trackers, cfg: RecipeConfig, step: int, rows
     trackers.log(record, step + 1)
     if trackers and cfg.train.log_completions_every and (step + 1) % cfg.train.log_completions_every == 0:
         trackers.table("completions", *completions_table(rows, scores), step + 1)
+    samples = scores.total.shape[2]
     for i in range(min(cfg.train.log_samples, len(scores.completions))):
         member, prompt = divmod(i, len(rows))
         run.append(SAMPLES, {
             "step": step + 1, "member": member, "question": rows[prompt]["question"], "answer": rows[prompt]["answer"],
             "completion": step_rollout.rollout.texts[member][prompt][0], "reward": float(scores.total[member, prompt, 0]),
+            **{column: values[i * samples] if i * samples < len(values) else None  # rewards' log_extra
+               for column, values in scores.extra.items()},
         })

@@ -32,15 +32,20 @@ unit, like $: math-verify never sees it, because its percent leniency credits bo
 "4500%" for gold 45, and "0.45" for gold "45%"); thousands separators in a plain number are
 removed ("1,000.00" -> "1000.00"); an equation chain whose second-to-last side is pure
 arithmetic (no letters) keeps its last side, the stated result: "71 - 26 = 37" -> "37",
-"16 - 3 - 4 = 9" -> "9", while "x^2 + y^2 = 1" and "y = 2x + 3" stay whole. An equation that
+"16 - 3 - 4 = 9" -> "9", while "x^2 + y^2 = 1" and "y = 2x + 3" stay whole; a number equated to
+a different number ("46 = 45") states two candidates: None. An equation that
 goes on after the box or marked answer counts too: "\\boxed{71 - 26} = 37" -> "37" (math-verify
 given that free text credits it for gold 45: it picks the box and evaluates it).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+logger = logging.getLogger(__name__)
 
 # -- building blocks -----------------------------------------------------------------------
 
@@ -109,6 +114,18 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
+def _plain_number(text: str) -> float | None:
+    """The value of a plain number ("45", "-1,000.5"), or None for anything else."""
+    text = text.strip().replace(",", "") if _THOUSANDS.fullmatch(text.strip()) else text.strip()
+    return float(text) if re.fullmatch(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)", text) else None
+
+
+def _two_numbers(left: str, right: str) -> bool:
+    """True for "46 = 45": two different plain numbers stated equal (candidates, not a result)."""
+    a, b = _plain_number(left), _plain_number(right)
+    return a is not None and b is not None and a != b
+
+
 def normalize_answer(answer: str) -> str | None:
     """Clean an extracted or gold answer string (see the module docstring); None if empty."""
     s = answer.strip()
@@ -121,6 +138,8 @@ def normalize_answer(answer: str) -> str | None:
         # \frac{1}{2}, \pi and "5 x 3" count as arithmetic
         left = re.sub(r"\\[a-zA-Z]+|(?<=\d)\s*[xX](?=\s*\d)", "", sides[-2])
         if not re.search(r"[a-zA-Z]", left):
+            if _two_numbers(sides[-2], sides[-1]):
+                return None
             s = sides[-1].strip()
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
@@ -161,6 +180,8 @@ def _from_marker(text: str) -> FinalAnswer | None:
 def _stated_result(text: str, answer: str, end: int) -> tuple[str | None, int]:
     """`answer`, or the last side of an equation that goes on after it, normalized."""
     while (eq := _GOES_ON.match(text, end)) and (m := _EXPR.match(text, eq.end())):
+        if _two_numbers(normalize_answer(answer) or "", normalize_answer(m.group()) or ""):
+            return None, m.end()
         answer, end = m.group(), m.end()
     return normalize_answer(answer), end
 
@@ -198,7 +219,20 @@ def gold_answer(answer: object) -> str | None:
 
 def completion_text(completion: object) -> str:
     """The text of a completion: a string, or the last message of a chat (TRL's format); a
-    missing completion or message content (None) is the empty text."""
+    missing completion or message content (None) is the empty text. Anything else (a list of
+    numbers, a dict) is no text: it gets no credit, with one warning per kind, rather than being
+    graded by the numbers its repr happens to show."""
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
         completion = completion[-1].get("content")
-    return "" if completion is None else str(completion)
+    if completion is None:
+        return ""
+    if not isinstance(completion, str):
+        _warn_not_text(type(completion).__name__)
+        return ""
+    return completion
+
+
+@lru_cache(maxsize=None)
+def _warn_not_text(kind: str) -> None:
+    logger.warning("a reward was given a completion of type %s, not text or chat messages: it gets no credit "
+                   "(rewards grade completions as TRL passes them: strings, or lists of message dicts)", kind)

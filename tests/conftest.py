@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random model built in the test session, an isolated model cache."""
+"""Fixtures for every layer (unit, integration, bench): a tiny random model built in the test session,
+an isolated model cache. Helpers that are not fixtures live in support/."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session", autouse=True)

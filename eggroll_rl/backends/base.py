@@ -30,6 +30,12 @@ class Rollout:
     token_ids: list[list[list[list[int]]]] | None = None
     clipped: list[list[list[bool]]] | None = None
 
+    @classmethod
+    def empty(cls, members: int) -> Rollout:
+        """The rollout of a call with no prompts: every member answered nothing."""
+        nothing = [[] for _ in range(members)]
+        return cls(texts=nothing, new_tokens=0, seconds=0.0, token_ids=nothing, clipped=nothing)
+
     def lengths(self) -> list[int]:
         """Tokens of every completion, flat (member, prompt, sample order)."""
         return [len(ids) for member in self.token_ids or [] for prompt in member for ids in prompt]

@@ -261,8 +261,7 @@ class TorchBackend(Backend):
         start = time.perf_counter()
         member_list = list(members) if noise is not None else [0]
         if not prompt_ids or not member_list:
-            empty = [[] for _ in member_list]
-            return Rollout(texts=empty, new_tokens=0, seconds=0.0, token_ids=empty, clipped=empty)
+            return Rollout.empty(len(member_list))
         samples = gen.samples_per_prompt
         prompts = [prompt_ids[p] for _ in member_list for p in range(len(prompt_ids)) for _ in range(samples)]
         width = max(map(len, prompt_ids), default=0)

@@ -96,8 +96,6 @@ class VLLMBackend(Backend):
         # load_weights hands tensors to an engine in another process through /dev/shm when it
         # has room, else as bytes.
         self.weights_via_shm = True
-        self.last_load_seconds = 0.0  # load_weights, all of it
-        self.last_load_worker_seconds = 0.0  # the part inside the worker (vLLM's reload)
 
         shapes = checkpoint_shapes(self.model_dir)
         bad = [t for t in targets if t not in shapes or len(shapes[t]) != 2]
@@ -166,9 +164,7 @@ class VLLMBackend(Backend):
             # worker runs in this process (vLLM's engine core in-process, as on CPU).
             self._worker_in_process = info["pid"] == os.getpid()
             self._wire_dtype = WIRE_DTYPES[info["dtype"]]
-            # Measured on a 2-core CPU (bench/population_throughput.py, SmolLM2-135M, N=32 × 4
-            # prompts), perturbed/plain tokens/s with the products vs vLLM's kernels: bf16 0.77
-            # vs 0.54, fp32 0.89 vs 0.78.
+            # On CPU the population products beat vLLM's LoRA kernels (bench/population_throughput.py).
             self.use_population_products(True)
         except BaseException:
             self.close()
@@ -236,8 +232,7 @@ class VLLMBackend(Backend):
         t0 = time.perf_counter()
         members = list(members) if noise is not None else [None]
         if not prompt_ids:
-            empty = [[] for _ in members]
-            return Rollout(texts=empty, new_tokens=0, seconds=0.0, token_ids=empty, clipped=empty)
+            return Rollout.empty(len(members))
         if noise is not None:
             if noise.rank != self.rank:
                 raise ValueError(f"noise.rank={noise.rank} but the engine was built for rank {self.rank}")
@@ -313,22 +308,20 @@ class VLLMBackend(Backend):
                         )
         # Layer by layer (vLLM processes a layer once complete), cast once to the engine's dtype.
         send = dict(sorted(send.items()))
-        t0 = time.perf_counter()
         if self._worker_in_process:
             weights = [(n, t.detach().to(self._wire_dtype)) for n, t in send.items()]
-            self.last_load_worker_seconds = self._rpc("eggroll_load_weights_local", weights)
+            self._rpc("eggroll_load_weights_local", weights)
         else:
             shm = to_shared_memory(send, self._wire_dtype) if self.weights_via_shm else None
             if shm is not None:
                 block, slots = shm
                 try:
-                    self.last_load_worker_seconds = self._rpc("eggroll_load_weights_shm", block.name, slots)
+                    self._rpc("eggroll_load_weights_shm", block.name, slots)
                 finally:
                     block.close()
                     block.unlink()
             else:
                 items = [encode(n, t, self._wire_dtype) for n, t in send.items()]
-                self.last_load_worker_seconds = self._rpc("eggroll_load_weights", items)
-        self.last_load_seconds = time.perf_counter() - t0
+                self._rpc("eggroll_load_weights", items)
         # Reload dropped all adapters; KV computed with the old weights must not be reused.
         self.llm.reset_prefix_cache()

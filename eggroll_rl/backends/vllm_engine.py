@@ -17,7 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..config import ConfigError
+import torch
+
+from ..config import ConfigError, RecipeConfig
+from ..data import PromptLengths
 
 # vLLM versions whose internals (see vllm_worker.py) this backend was verified against.
 SUPPORTED_VLLM = ">=0.32,<0.33"
@@ -88,22 +91,19 @@ def set_engine_env(engine_kwargs: dict) -> None:
         engine_kwargs.setdefault("kv_cache_memory_bytes", DEFAULT_CPU_KV_CACHE_BYTES)
     # The engine core in this process: every request of a generate call is queued before
     # the first step, so batches (and bf16 numerics with them) do not depend on how fast
-    # requests reach a separate engine process. Measured: 3 of 3 runs of the quickstart's
-    # 200-prompt greedy eval identical, against 1-18 completions differing run to run with
-    # the engine in its own process; and no slower on 2 cores.
+    # requests reach a separate engine process (docs/benchmarks.md, "Why the code is so").
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # oneDNN keeps a JIT-compiled kernel per GEMM shape (1024 by default), and a population's
-    # shapes vary with every batch (tokens in flight × members in it): the cache filled up over
-    # a run's first steps. Measured on one quickstart rollout (bench/step_rollout.py, AMD EPYC
-    # family 25 model 17, bf16): peak 2.41 GB with 16 entries against 2.73 GB, 55.5 s against 55.6 s.
+    # shapes vary with every batch (tokens in flight × members in it): a small cache saves
+    # memory at the same speed.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cpus = list(range(os.cpu_count() or 1))
     # Small machines: bind the single worker to every core and reserve none for the engine
-    # core process (measured 1.7× faster generation on 2 cores than vLLM's auto binding,
-    # which keeps a core idle). Larger machines keep vLLM's NUMA-aware auto binding.
+    # core process (vLLM's auto binding keeps a core idle). Larger machines keep vLLM's
+    # NUMA-aware auto binding.
     if len(cpus) <= 8 and int(engine_kwargs.get("tensor_parallel_size", 1)) == 1:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -115,11 +115,8 @@ def cpu_block_size(shared_prefix: int) -> int:
     vLLM's prefix cache shares whole blocks only, and its CPU default of 128 tokens is longer
     than most prompts' common start (chat template and system prompt: 27-40 tokens), so every
     member computed it again for each of its prompts. The size that shares the most of it, the
-    largest such (bigger blocks are cheaper); the default where no block fits. Measured on one
-    quickstart step (bench/step_rollout.py, N=32 × 16 prompts, 16 tokens, fp32, AMD EPYC, 2
-    cores): 87.2 s with blocks of 128; with a 32-token shared start (a longer system prompt) and
-    blocks of 32, 45.4 s; blocks of 32 with nothing to share 84.7 s here, 8% slower in an earlier
-    run: no clear gain, so the default stays then.
+    largest such (bigger blocks are cheaper); the default where no block fits (smaller blocks
+    with nothing to share gained nothing clear: docs/benchmarks.md).
     """
     return max(CPU_BLOCK_SIZES, key=lambda size: (shared_prefix // size * size, size))
 
@@ -139,6 +136,28 @@ def kv_cache_bytes(model_dir: Path, dtype: str, rows: int, tokens_per_row: int, 
     full_length = config.get("max_position_embeddings", tokens_per_row)
     tokens = max(min(rows, max_num_seqs) * blocks_per_row * block_size, -(-full_length // block_size) * block_size)
     return tokens * per_token
+
+
+def rows_per_call(cfg: RecipeConfig) -> int:
+    """The most rows one generate call of the recipe asks for: a step's population or an eval."""
+    per_step = cfg.es.population * cfg.es.prompts_per_step
+    return max(per_step, cfg.data.eval_size) * cfg.generation.samples_per_prompt
+
+
+def engine_options(cfg: RecipeConfig, model_dir: Path, dtype: str, prompt_lengths: PromptLengths) -> dict:
+    """The engine options of the recipe (`vllm:`), and on a CPU: KV blocks that let the prefix
+    cache share the prompts' common start, and a KV cache the size of the recipe's batches (an
+    explicit option or the VLLM_CPU_KVCACHE_SPACE variable still wins). A GPU sizes its cache by
+    memory utilization, in blocks of 16 tokens."""
+    options = dict(cfg.vllm)
+    if not torch.cuda.is_available():
+        options.setdefault("block_size", cpu_block_size(prompt_lengths.shared_prefix))
+        if "kv_cache_memory_bytes" not in options and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            tokens = prompt_lengths.longest + cfg.generation.max_new_tokens
+            options["kv_cache_memory_bytes"] = kv_cache_bytes(
+                model_dir, dtype, rows_per_call(cfg), tokens, int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS)),
+                block_size=int(options["block_size"]))
+    return options
 
 
 @contextmanager

@@ -3,9 +3,8 @@
 vLLM's CPU punica wrapper (``PunicaWrapperCPU``, torch ops ``sgmv/bgmv_shrink/expand``) applies
 multi-LoRA per slice of a fused layer by gathering every token's adapter factors into a
 (tokens × rank × in) and a (tokens × out × rank) tensor, casting them and the activations to
-fp32 and back, and running an einsum on each: about 40 torch ops per layer, most of them copies.
-Profiled on SmolLM2-135M, 32 members × 4 prompts, bf16: these copies, gathers and casts took
-60% of the perturbed generation (the base model's matmuls: 18%).
+fp32 and back, and running an einsum on each: about 40 torch ops per layer, most of them copies,
+which dominated the perturbed generation when profiled (docs/benchmarks.md).
 
 Here the same sum is three dense products per layer, on the slot tensors vLLM already keeps
 (L LoRA slots = max_loras, rank r = max_lora_rank, S slices: q/k/v, gate/up or one):
@@ -17,13 +16,9 @@ Here the same sum is three dense products per layer, on the slot tensors vLLM al
 Only the slots some token of the batch uses enter A, B and M (K of the L; a batch holds a few
 members' rows), so the GEMMs do K times the work of a per-token product (and B's zero blocks S
 times more) but run as three calls instead of ~40; M and the K slots' row indices are found once
-per forward pass (per token-to-slot mapping), not per layer. Measured alone (one core, 128
-tokens, bf16, all L=32 slots, r=1), the four LoRA layers of a SmolLM2 block cost 39% of their
-base matmuls this way, against 170% for vLLM's ops; what remains is fixed cost: oneDNN runs
-GEMMs this small at a seventh of its large-GEMM speed, and adding into y is one more pass over
-the layer's output. The quickstart's rollout (64 members × 32 prompts, bench/step_rollout.py, AMD
-EPYC family 25 model 17, bf16) took 0.84-0.91× the time with the batch's slots only as with all
-64, in three pairs of runs.
+per forward pass (per token-to-slot mapping), not per layer. What remains is fixed cost: oneDNN
+runs GEMMs this small far below its large-GEMM speed, and adding into y is one more pass over the
+layer's output. (What each choice gained, measured: docs/benchmarks.md.)
 
 :func:`install` puts it in place inside the worker: every LoRA linear layer's ``lora_a_stacked``
 and ``lora_b_stacked`` become views of the two matrices A and B (``_Stacked.mat``) that the

@@ -178,28 +178,27 @@ class EggrollWorkerExtension:
         """Where the worker runs and in which dtype it keeps weights (how to send them)."""
         return {"pid": os.getpid(), "dtype": wire_dtype(self.model_runner.model_config.dtype)}
 
-    def eggroll_load_weights_local(self, weights: list[tuple[str, torch.Tensor]]) -> float:
-        """Replace base weights in place (checkpoint names, complete fused groups); seconds.
+    def eggroll_load_weights_local(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Replace base weights in place (checkpoint names, complete fused groups).
         Reached only from the worker's own process (weight_transport.py): `weights` are the
         sender's tensors, already in the engine's dtype.
 
         ``reload_weights`` re-runs vLLM's weight processing (the CPU backend repacks linear
         weights for oneDNN), copying from `weights`, and drops every registered LoRA adapter.
         """
-        return self._eggroll_reload(weights)
+        self._eggroll_reload(weights)
 
-    def eggroll_load_weights(self, items: list[TensorBytes]) -> float:
+    def eggroll_load_weights(self, items: list[TensorBytes]) -> None:
         """eggroll_load_weights_local for tensors sent as bytes."""
-        return self._eggroll_reload([decode(item) for item in items])
+        self._eggroll_reload([decode(item) for item in items])
 
-    def eggroll_load_weights_shm(self, block_name: str, slots: list[TensorSlot]) -> float:
+    def eggroll_load_weights_shm(self, block_name: str, slots: list[TensorSlot]) -> None:
         """eggroll_load_weights_local for tensors in a shared-memory block that the sender owns
         (weight_transport.py); the reload reads views of it and copies what it keeps."""
         with from_shared_memory(block_name, slots) as weights:
-            return self._eggroll_reload(weights)
+            self._eggroll_reload(weights)
 
-    def _eggroll_reload(self, weights: list[tuple[str, torch.Tensor]]) -> float:
-        t0 = time.perf_counter()
+    def _eggroll_reload(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         dtype = self.model_runner.model_config.dtype
         with _quiet(
             "vllm.model_executor.model_loader.reload.inplace",
@@ -208,4 +207,3 @@ class EggrollWorkerExtension:
             self.model_runner.reload_weights(
                 weights_iterator=((name, t.to(dtype)) for name, t in weights), is_checkpoint_format=True
             )
-        return time.perf_counter() - t0

@@ -1,8 +1,9 @@
 import pytest
 
-from eggroll_rl.config import ConfigError, load_config, parse_overrides, to_dict, from_dict
+from eggroll_rl.config import ConfigError, from_dict, load_config, to_dict
+from eggroll_rl.settings import parse_overrides
 
-from conftest import ROOT
+from support import ROOT
 
 TINY = ROOT / "recipes" / "tiny.yaml"
 
@@ -79,3 +80,11 @@ def test_a_data_file_named_in_a_recipe_is_relative_to_the_recipe(tmp_path, monke
     assert cfg.data.path == str((folder / "data" / "rows.jsonl").resolve())
     assert cfg.data.eval_split == "openai/gsm8k"  # no such file there: a hub split name stays
     assert load_config(recipe, ["data.path=other.jsonl"]).data.path == "other.jsonl"  # overrides: as given
+
+
+def test_report_to_takes_a_single_tracker_as_transformers_does():
+    assert load_config(None, ["model=m", "data.path=d.jsonl", "report_to=tensorboard"]).report_to == ["tensorboard"]
+    assert load_config(None, ["model=m", "data.path=d.jsonl", "report_to=wandb,tensorboard"]).report_to == ["wandb", "tensorboard"]
+    assert load_config(None, ["model=m", "data.path=d.jsonl", "report_to=[none]"]).report_to == ["none"]
+    with pytest.raises(ConfigError, match="report_to: unknown tracker 'tensorbord'"):
+        load_config(None, ["model=m", "data.path=d.jsonl", "report_to=tensorbord"])

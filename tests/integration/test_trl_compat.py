@@ -19,9 +19,8 @@ from eggroll_rl.data import load_rows, prompt_ids
 from eggroll_rl.models import resolve_model
 from eggroll_rl.scoring import recipe_reward, score_rollout
 
-from conftest import ROOT
+from support import TINY
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
 runner = CliRunner()
 QUESTIONS = [("What is 2 + 2?", "4"), ("What is 3 * 5?", "15"), ("What is 10 - 7?", "3"), ("What is 8 / 2?", "4")]
 seen: dict[str, list] = {}
@@ -36,6 +35,15 @@ def prompts_and_columns_reward(prompts, completions, **kwargs):
     """Records what TRL passes: prompts, completion_ids and the dataset's own columns."""
     seen.update(prompts=prompts, completions=completions, kwargs=sorted(kwargs), completion_ids=kwargs["completion_ids"])
     return [float(len(p) > 0) for p in prompts]
+
+
+def trl_116_logging_reward(completions, trainer_state, log_extra, log_metric, **kwargs):
+    """A TRL 1.16 reward: reads the trainer's state, logs a column and a scalar."""
+    lengths = [len(c) for c in completions]
+    log_extra("length", lengths)
+    log_metric("custom/mean_length", sum(lengths) / len(lengths))
+    log_metric("custom/step_seen", float(trainer_state.global_step))
+    return [float(n % 2) for n in lengths]
 
 
 @pytest.fixture
@@ -121,3 +129,17 @@ def test_a_reward_module_in_the_current_folder_imports_through_the_console_scrip
                           f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "reward/my_rewards:short" in (tmp_path / "out" / "tiny" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_a_trl_116_reward_logs_its_metric_and_column_into_the_run(tmp_path):
+    result = runner.invoke(app, ["train", TINY, f"output_dir={tmp_path}", "run_name=logs", "train.eval_every=0",
+                                 "train.steps=2", "rewards=[test_trl_compat:trl_116_logging_reward]"])
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["custom/step_seen"] for m in metrics] == [0.0, 1.0]  # trainer_state.global_step: updates applied
+    assert all(m["custom/mean_length"] > 0 for m in metrics)
+    name = "test_trl_compat:trl_116_logging_reward"
+    assert all(m[f"reward/{name}/std"] >= 0 and 0 <= m["frac_reward_zero_std"] <= 1 for m in metrics)
+    samples = [json.loads(line) for line in (tmp_path / "logs" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["length"] == len(s["completion"]) for s in samples)  # log_extra's column

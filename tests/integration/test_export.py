@@ -3,78 +3,41 @@
 One tiny run per module (4 steps, Adam with a cosine lr schedule and weight decay so replay has
 optimizer state and schedules to get right, evals at steps 0/2/4, checkpoints at 2 and 4), one
 default export of it; the tests read and re-export them. Everything runs offline: the Hub is
-tests/hub_standin.py on 127.0.0.1.
+tests/support/hub_standin.py on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from eggroll_rl.cli import app
 from eggroll_rl.exporting import MANIFEST, list_files
 from eggroll_rl.params import load_tensors
 from eggroll_rl.replay import replay_master
 
-from conftest import ROOT
-from hub_standin import HubStandIn
+from support import DATA, TINY
+from support.export import (cli, error_lines, greedy_completions, leftovers, log_only_copy, until_eos,
+                            vllm_completions)
+from support.hub_standin import HubStandIn
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
-DATA = f"data.path={ROOT / 'recipes' / 'data' / 'gsm8k_mini.jsonl'}"
 RUN_OVERRIDES = [
     DATA, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=0",
     "es.optimizer=adam", "es.lr=0.02", "es.lr_schedule=cosine", "es.weight_decay=0.01",
 ]
-QUESTIONS = ["What is 2+2?", "Tom has 3 apples and buys 5 more. How many apples?", "hi"]
 TOKEN = "hf_standin_test_token"
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def error_lines(result):
-    return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-def leftovers(folder):
-    """Temporary folders an interrupted/failed export would leave behind."""
-    return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-
-
 def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
-
-
-def greedy_completions(model_dir, max_new_tokens=12, state_dict=None, model=None):
-    """Greedy token ids for QUESTIONS from the model in `model_dir` (or `model`, e.g. a PEFT model, with
-    the tokenizer of `model_dir`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = (model or AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)).eval()
-    if state_dict is not None:
-        model.load_state_dict(state_dict, strict=False)
-    outs = []
-    with torch.no_grad():
-        for q in QUESTIONS:
-            x = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
-            y = model.generate(**x, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-            outs.append(y[0, x["input_ids"].shape[1]:].tolist())
-    return outs
 
 
 @pytest.fixture(scope="module")
@@ -242,14 +205,6 @@ def test_step_export_and_overwrite_rules(run, exported):
 # -- 4. replay ------------------------------------------------------------------------------
 
 
-def log_only_copy(run, dest):
-    """The run directory without any saved weights: recipe and logs only."""
-    dest.mkdir()
-    for name in ("config.yaml", "fitness.jsonl", "metrics.jsonl", "eval.jsonl"):
-        shutil.copyfile(run / name, dest / name)
-    return dest
-
-
 def test_replay_from_the_fitness_log_alone_is_bitwise_equal(run, exported, tmp_path):
     logs = log_only_copy(run, tmp_path / "logs-only")
     result = cli("export", "--replay", logs, "--out", tmp_path / "replayed")
@@ -341,7 +296,7 @@ def test_push_without_a_token_is_one_clear_line(run, hub, tmp_path, monkeypatch)
     result = cli("export", run, "--push-to-hub", "eggroll-org/x", "--out", out)
     assert result.exit_code == 1
     lines = error_lines(result)
-    assert len(lines) == 1 and "HF_TOKEN" in lines[0] and "huggingface-cli login" in lines[0]
+    assert len(lines) == 1 and "HF_TOKEN" in lines[0] and "hf auth login" in lines[0]
     assert not out.exists() and not leftovers(tmp_path) and hub.requests == []
 
     # A saved login is enough.
@@ -353,7 +308,7 @@ def test_push_without_a_token_is_one_clear_line(run, hub, tmp_path, monkeypatch)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))
     ok = cli("export", run, "--push-to-hub", "eggroll-org/x", "--out", out)
     assert ok.exit_code == 0, ok.output
-    assert "huggingface-cli login" in ok.output and "model.safetensors" in hub.files("eggroll-org/x")
+    assert "hf auth login" in ok.output and "model.safetensors" in hub.files("eggroll-org/x")
 
 
 def test_network_failure_is_one_line_and_the_export_stays_complete(run, exported, hub, tmp_path, monkeypatch):
@@ -417,37 +372,6 @@ def test_adapter_push_has_a_peft_card_that_names_its_base(run, hub, tmp_path):
 
 
 # -- 6. vLLM ---------------------------------------------------------------------------------
-
-
-def vllm_completions(monkeypatch, model_dir, max_new_tokens=8, lora=None, **engine):
-    """Greedy token ids for QUESTIONS from vLLM CPU in fp32 (with `lora`, a LoRARequest, per request)."""
-    pytest.importorskip("vllm")
-    import os
-
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    n = os.cpu_count() or 1
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{n - 1}"))
-    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"))
-    from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    # enforce_eager: the same weights and kernels without torch.compile (engine start 25 s instead of ~2 min on 2 CPUs)
-    llm = LLM(model=str(model_dir), dtype="float32", max_model_len=256, max_num_seqs=8, seed=0, enforce_eager=True, **engine)
-    try:
-        prompts = [{"prompt_token_ids": tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                                return_dict=False)} for q in QUESTIONS]
-        outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens), lora_request=lora)
-    finally:
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
-    return [list(out.outputs[0].token_ids) for out in outs]
-
-
-def until_eos(completions, eos):
-    """Token ids cut after the first EOS, where vLLM stops."""
-    return [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in completions]
 
 
 @pytest.mark.vllm

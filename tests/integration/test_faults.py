@@ -24,9 +24,8 @@ from eggroll_rl.es import EggrollES, NonFiniteUpdateError
 from eggroll_rl.prepare import model_targets
 from eggroll_rl.rewards import combine_rewards
 
-from conftest import ROOT
+from support import ROOT, TINY
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
 runner = CliRunner()
 # Measurements of the machine, not of the run: they differ between any two runs.
 MEASURED_KEYS = ("time/", "tokens_per_s", "memory/")

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,9 @@ from eggroll_rl.rewards.format_reward import digit_fraction
 from eggroll_rl.rewards.grading import Grader, GraderStartupError
 from eggroll_rl.rewards.registry import _REGISTRY
 
-ROWS = [json.loads(line) for line in (Path(__file__).parent / "fixtures/gsm8k_rows.jsonl").open()]
+from support import FIXTURES
+
+ROWS = [json.loads(line) for line in (FIXTURES / "gsm8k_rows.jsonl").open()]
 
 
 def _body(row: dict) -> str:
@@ -147,6 +148,23 @@ def test_wrong_equation_hack_scores_zero():
     assert math_accuracy(hacks, answer=[row["answer"]] * len(hacks)) == [0.0] * len(hacks)
     # ...while the correct chain is credited.
     assert math_accuracy(["The answer is 71 - 26 = 45."], answer=["45"]) == [1.0]
+
+
+def test_a_false_equation_of_two_numbers_scores_zero():
+    """A probe of adversarial answers found "\\boxed{46 = 45}" credited for gold 45: two numbers
+    stated equal are two candidates. An unknown equated to the answer stays right."""
+    completions = ["\\boxed{46 = 45}", "The answer is 46 = 45.", "\\boxed{46} = 45", "\\boxed{x = 45}", "\\boxed{45 = 45}"]
+    assert [extract_final_answer(c) for c in completions] == [None, None, None, "x = 45", "45"]
+    assert math_accuracy(completions, answer=["45"] * 5) == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_completion_that_is_not_text_gets_no_credit_and_one_warning(caplog):
+    odd = [[1, 2, 45], {"answer": 45}, [3, 45]]
+    with caplog.at_level("WARNING"):
+        assert math_accuracy(odd, answer=["45"] * 3) == [0.0, 0.0, 0.0]
+    warnings = [r.getMessage() for r in caplog.records if "not text or chat messages" in r.getMessage()]
+    assert len(warnings) <= 2 and all("gets no credit" in w for w in warnings)  # once per kind, never per call
+    assert math_accuracy([[{"role": "assistant", "content": "\\boxed{45}"}]], answer=["45"]) == [1.0]
 
 
 def test_several_candidates_score_zero_even_if_one_is_right():

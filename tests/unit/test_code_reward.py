@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,8 @@ from eggroll_rl.sandbox import Limits, Sandbox
 from eggroll_rl.rewards import code_reward
 from eggroll_rl.rewards.code_reward import code_tests, code_tests_all_pass, score_code
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 FAST = Limits(timeout_s=3.0, memory_mb=256)
 
 

@@ -11,11 +11,8 @@ from eggroll_rl.cli import app
 from eggroll_rl.models import resolve_model
 from eggroll_rl.params import load_tensors
 
-from conftest import ROOT
-from support import TEST_DEVICE
+from support import DATA, TEST_DEVICE, TINY
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
-DATA = f"data.path={ROOT / 'recipes' / 'data' / 'gsm8k_mini.jsonl'}"
 # The engine on the test device; the compiled decode has its own test (test_torch_backend.py),
 # here it would add a compile per batch shape.
 ON_DEVICE = (f"device={TEST_DEVICE}", "generation.compile=false")
@@ -75,9 +72,25 @@ def test_missing_data_file_fails_before_model_work(tmp_path):
 def test_existing_run_dir_is_not_overwritten(tmp_path):
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "metrics.jsonl").write_text("keep\n")
-    result = runner.invoke(app, ["train", TINY, f"output_dir={tmp_path}"])
+    result = runner.invoke(app, ["train", TINY, "run_name=tiny", f"output_dir={tmp_path}"])
     assert result.exit_code == 2 and "--resume" in result.output
     assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == "keep\n"
+
+
+def test_a_recipe_that_names_its_run_trains_again_into_a_new_directory(tmp_path):
+    """`eggroll-rl train tiny` twice: the recipe fixes run_name tiny; the second run goes to
+    tiny-<timestamp> and the first run's directory is untouched."""
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "metrics.jsonl").write_text("keep\n")
+    result = run_cli("train", "tiny", DATA, *ON_DEVICE, "train.steps=1", "train.eval_every=0", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == "keep\n"
+    again = [p for p in tmp_path.iterdir() if p.name.startswith("tiny-")]
+    assert len(again) == 1 and (again[0] / "metrics.jsonl").is_file()
+    machines = json.loads((again[0] / "machine.json").read_text())  # where the run ran, as resolved
+    assert machines[0]["backend"] == "torch" and machines[0]["dtype"] == "float32"
+    assert machines[0]["device"] == TEST_DEVICE and machines[0]["noise"] in ("philox-numpy", "philox-torch")
+    assert machines[0]["cpu"] and "torch" in machines[0]
 
 
 def test_recipes_lists_shipped_recipes():
@@ -137,7 +150,6 @@ def test_validation_rows_are_carved_off_training_and_never_overlap():
     questions = [{r["question"] for r in rows} for rows in (train, validation, held_out)]
     assert [len(q) for q in questions] == [32 - 4 - 8, 8, 4]
     assert not (questions[0] & questions[1]) and not (questions[0] & questions[2]) and not (questions[1] & questions[2])
-
 
 
 def test_validation_carves_questions_not_rows(tmp_path):

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from eggroll_rl.cli import app
 from eggroll_rl.config import from_dict, load_config, to_dict
 
+from support import ROOT
+
 runner = CliRunner()
 
 
@@ -22,7 +24,7 @@ def test_recipes_show_prints_every_setting_resolved():
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert shown["es"]["lr"] == 0.25 and "adam_betas" in shown["es"]  # a default the recipe never names
-    assert from_dict(shown) == load_config(Path(__file__).parent.parent / "recipes" / "quickstart.yaml", ["es.lr=0.25"])
+    assert from_dict(shown) == load_config(ROOT / "recipes" / "quickstart.yaml", ["es.lr=0.25"])
 
 
 def test_recipes_cp_copies_the_recipe_and_its_data(tmp_path):
@@ -50,3 +52,24 @@ def test_a_vllm_run_keeps_engine_chatter_off_the_console(tmp_path):
         assert chatter not in console, [line for line in console.splitlines() if chatter in line][:3]
     assert "done: final checkpoint" in console
     assert "WARNING" in (tmp_path / "tiny" / "engine.log").read_text()  # the chatter went here
+
+
+def test_version_and_the_recipes_list_command():
+    from eggroll_rl import __version__
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"eggroll-rl {__version__}"
+    listed = runner.invoke(app, ["recipes", "list"])
+    assert listed.exit_code == 0 and "quickstart" in listed.output and "tiny" in listed.output
+
+
+def test_missing_and_misspelled_recipes_and_runs_name_the_fix(tmp_path):
+    bare = runner.invoke(app, ["train"])
+    assert bare.exit_code == 2 and "`eggroll-rl train tiny`" in bare.output  # a name that works anywhere
+    for command in (["train", "quickstrat"], ["recipes", "show", "quikstart"], ["eval", "smollm2-135m-instruct", "tinyy"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, command
+        assert "not found; did you mean" in result.output and "the shipped ones are" in result.output, result.output
+    nope = runner.invoke(app, ["eval", str(tmp_path / "nope")])
+    assert nope.exit_code == 2 and f"{tmp_path / 'nope'}: not found" in " ".join(nope.output.split())
+    assert "missing RECIPE" not in nope.output

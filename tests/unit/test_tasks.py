@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +23,8 @@ from eggroll_rl.rewards.task_rewards import (  # noqa: E402
     task_answer,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 TASKS = ["basic_arithmetic", "chain_sum", "countdown", "gsm_symbolic"]
 
 

@@ -10,9 +10,8 @@ from typer.testing import CliRunner
 
 from eggroll_rl.cli import app
 
-from conftest import ROOT
+from support import TINY
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from eggroll_rl.adapter import ADAPTER_WEIGHTS, RankChoice, factorize
 from eggroll_rl.params import load_tensors
 
-from test_export import (DATA, TINY, cli, error_lines, greedy_completions, leftovers, log_only_copy, until_eos,
-                         vllm_completions)
+from support import DATA, TINY
+from support.export import (cli, error_lines, greedy_completions, leftovers, log_only_copy, until_eos,
+                            vllm_completions)
 
 RUN_OVERRIDES = [DATA, "train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
 MODULES = {f"model.layers.{i}.{m}" for i in range(2) for m in

@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 from eggroll_rl.cli import app
 from eggroll_rl.cluster import member_ranges
 
-from conftest import ROOT
+from support import TINY
 
 pytest.importorskip("ray")
-TINY = str(ROOT / "recipes" / "tiny.yaml")
 # Greedy members: the PyTorch backend's sampling draws from one random stream per batch, so only
 # greedy decoding gives a member the same tokens whichever worker (and batch) it is in.
 COMMON = ["generation.temperature=0", "train.eval_every=0", "train.checkpoint_every=1", "train.keep_checkpoints=0"]

@@ -131,26 +131,25 @@ def test_hooks_are_inactive_outside_population_generation(backend, prompts):
 
 
 def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
-    from eggroll_rl import backends
+    from eggroll_rl import machine
 
     amx = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
     plain = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
-    assert backends.cpu_has_native_bf16(amx) and not backends.cpu_has_native_bf16(plain)
-    assert backends.cpu_has_native_bf16("flags : avx512_bf16\n")
+    assert machine.cpu_has_native_bf16(amx) and not machine.cpu_has_native_bf16(plain)
+    assert machine.cpu_has_native_bf16("flags : avx512_bf16\n")
     # One model name covers CPUs with and without native bf16: figures name family and model too.
     zen4 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512_bf16\n"
-    assert backends.cpu_name(zen4) == "AMD EPYC (family 25, model 17)"
-    assert backends.native_bf16_flags(zen4 + zen4) == ["avx512_bf16"]
-    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
-    assert backends.resolve_dtype("auto", "cpu") == "float32"
-    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
-    assert backends.resolve_dtype("auto", "cpu") == "bfloat16"
-    assert backends.resolve_dtype("float32", "cpu") == "float32"  # an explicit choice stands
+    assert machine.cpu_name(zen4) == "AMD EPYC (family 25, model 17)"
+    assert machine.native_bf16_flags(zen4 + zen4) == ["avx512_bf16"]
+    monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: False)
+    assert machine.resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: True)
+    assert machine.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert machine.resolve_dtype("float32", "cpu") == "float32"  # an explicit choice stands
 
 
 def test_kv_cache_is_sized_from_the_recipes_batches(tiny_model_dir):
-    from eggroll_rl.backends import rows_per_call
-    from eggroll_rl.backends.vllm_engine import kv_cache_bytes
+    from eggroll_rl.backends.vllm_engine import kv_cache_bytes, rows_per_call
     from eggroll_rl.config import load_config
 
     per_token = 2 * 2 * 1 * 32 * 2  # K and V, 2 layers, 1 KV head, head_dim 32, bf16

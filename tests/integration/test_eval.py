@@ -6,10 +6,8 @@ from typer.testing import CliRunner
 
 from eggroll_rl.cli import app
 
-from conftest import ROOT
+from support import DATA, TINY
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
-DATA = f"data.path={ROOT / 'recipes' / 'data' / 'gsm8k_mini.jsonl'}"
 runner = CliRunner()
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_importing_the_package_loads_no_torch():
@@ -34,3 +34,24 @@ def test_train_evaluate_export_from_python(tmp_path):
         export(run, as_adapter=True, rank=2, energy=0.9)
     again = train(run, "train.steps=3", resume=True)
     assert (again / "checkpoints" / "step_000003").is_dir()
+
+
+def length_parity(completions, **kwargs):
+    return [float(len(c) % 2) for c in completions]
+
+
+@pytest.mark.slow
+def test_train_takes_reward_callables(tmp_path):
+    import yaml
+
+    from eggroll_rl import train
+    from eggroll_rl.config import ConfigError
+
+    run = train("tiny", "train.steps=1", "train.eval_every=0", output_dir=tmp_path, run_name="fn",
+                reward_funcs=[(length_parity, 0.5)])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["rewards"] == [{"name": "test_api:length_parity", "weight": 0.5}]  # named, so it resumes and evaluates
+    metrics = (run / "metrics.jsonl").read_text()
+    assert "reward/test_api:length_parity" in metrics
+    with pytest.raises(ConfigError, match="not a module-level function"):
+        train("tiny", output_dir=tmp_path, run_name="lambda", reward_funcs=[lambda completions, **k: [0.0] * len(completions)])

@@ -12,9 +12,8 @@ import pytest
 from eggroll_rl.config import ConfigError, load_config
 from eggroll_rl.tracking import trl_names
 
-from conftest import ROOT
+from support import TINY
 
-TINY = str(ROOT / "recipes" / "tiny.yaml")
 STEPS = 3
 
 
@@ -38,7 +37,7 @@ def tracked_run(tmp_path_factory):
     folder from the environment at import)."""
     tmp = tmp_path_factory.mktemp("tracked")
     env = {**__import__("os").environ, "WANDB_MODE": "offline", "TRACKIO_DIR": str(tmp / "trackio"),
-           "WANDB_SILENT": "true", "EGGROLL_RL_PROJECT": "eggroll-test"}
+           "WANDB_SILENT": "true", "EGGROLL_RL_PROJECT": "eggroll-test", "WANDB_PROJECT": "project-from-wandb-env"}
     cli = [sys.executable, "-m", "eggroll_rl.cli", "train", TINY, "--report-to", "tensorboard,wandb,trackio,mlflow",
            f"train.steps={STEPS}", "train.log_completions_every=1", f"output_dir={tmp}"]
     out = subprocess.run(cli, env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
@@ -66,7 +65,8 @@ def test_wandb_offline_run_has_the_metrics_and_tables(tracked_run):
     (offline,) = run.glob("wandb/offline-run-*")
     (records,) = offline.glob("run-*.wandb")  # what `wandb sync` uploads: protobuf records
     data = records.read_bytes()
-    for key in (b"rewards/digit_fraction/mean", b"eval/accuracy", b"learning_rate", b"memory/peak_rss_gb"):
+    for key in (b"rewards/digit_fraction/mean", b"eval/accuracy", b"learning_rate", b"memory/peak_rss_gb",
+                b"project-from-wandb-env"):  # W&B's own variable names the project, as for TRL users
         assert key in data, key
     tables = sorted(offline.glob("files/media/table/completions_*.table.json"))
     assert len(tables) == STEPS
