@@ -181,7 +181,7 @@ def run_grpo(args, out: Path, lr: float) -> dict:
 def score(args, folders: dict, base: dict) -> list[dict]:
     """Accuracy with its 95% CI at each mark (0 = the base model) by the eval path of `eggroll-rl eval`."""
     from eggroll_rl.config import load_config
-    from eggroll_rl.evaluation import evaluate_model
+    from eggroll_rl.engines import evaluate_model
 
     cfg = load_config(args.recipe, [*args.overrides, f"data.evaluate_on={args.split}"])
     marks = [{"minutes": 0, "step": 0, **base}]
@@ -259,7 +259,7 @@ def main() -> None:
         args.overrides.append("data.validation_size=200")
 
     from eggroll_rl.config import ConfigError, load_config
-    from eggroll_rl.evaluation import evaluate_model
+    from eggroll_rl.engines import evaluate_model
     from eggroll_rl.terminal import quiet_libraries
 
     quiet_libraries()

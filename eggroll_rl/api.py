@@ -66,7 +66,7 @@ def evaluate(model: str | Path, recipe: str | Path | None = None, *overrides: st
     """Score `model` (alias, folder, adapter, hub id, run directory) on the recipe's eval rows as
     `eggroll-rl eval` does; without a recipe, a run directory is scored with its own. Returns the
     summary: accuracy, ci_low, ci_high, n, per-reward means, per_prompt, ..."""
-    from .evaluation import evaluate_model
+    from .engines import evaluate_model
 
     return evaluate_model(_recipe(recipe, overrides, model), str(model), seed=seed).summary()
 

@@ -172,7 +172,7 @@ def eval_(
     engine_log = None if verbose else out.with_suffix(".engine.log")
     results = []
     try:
-        from .evaluation import evaluate_model  # torch, transformers: after the recipe is checked
+        from .engines import evaluate_model  # torch, transformers: after the recipe is checked
 
         quiet_libraries()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
-from transformers import AutoTokenizer
-
-from .backends import Backend, make_backend
-from .config import DataConfig, GenerationConfig, RecipeConfig
-from .data import PromptLengths, prompt_ids
+from .backends import Backend
+from .config import DataConfig, GenerationConfig
 from .metrics import majority_vote, mean_ci, pass_at_k
-from .prepare import prepare
 from .rewards import CombinedReward, extract_final_answer
 from .scoring import Scores, missing_as_none, score_rollout
 
@@ -101,12 +96,3 @@ def evaluate(backend: Backend, prompts: list[list[int]], rows: list[dict[str, An
         tokens_per_s=rollout.new_tokens / max(rollout.seconds, 1e-9),
     )
 
-
-def evaluate_model(cfg: RecipeConfig, model_spec: str, seed: int = 0, engine_log: Path | None = None) -> EvalResult:
-    """Load `model_spec` (alias, folder, hub id, run or checkpoint) and score it on the recipe's
-    held-out rows with the recipe's prompt format, generation settings and rewards."""
-    inputs = prepare(cfg, model_spec)
-    tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
-    prompts = [prompt_ids(tokenizer, r["question"], cfg.data) for r in inputs.eval_rows]
-    with make_backend(cfg, inputs.model_dir, inputs.targets, engine_log=engine_log, prompt_lengths=PromptLengths.of(prompts)) as backend:
-        return evaluate(backend, prompts, inputs.eval_rows, cfg.generation, inputs.reward_fn, cfg.data, seed=seed)

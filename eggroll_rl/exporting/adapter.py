@@ -106,7 +106,7 @@ def _kept(summary: dict, step: int) -> dict:
 def evaluate_adapter(plan: ExportPlan, adapter_dir: Path, out: Path, report: AdapterReport) -> None:
     """Fill the report's held-out accuracies: the adapter in `adapter_dir` (to be renamed `out`),
     merged into its base as `eggroll-rl eval out` merges it, and the merged model."""
-    from ..evaluation import evaluate_model
+    from ..engines import evaluate_model
     from ..metrics import paired_difference_ci
 
     if not plan.cfg.data.eval_size:
