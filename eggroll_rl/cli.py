@@ -251,6 +251,9 @@ def recipes_show(
     """Print the recipe fully resolved: every setting, defaults included, as YAML."""
     try:
         cfg = load_config(_shipped_or_fail(name), list(overrides or []))
+        from .prepare import check_names  # the model, data files and rewards it names exist
+
+        check_names(cfg)
     except ConfigError as exc:
         fail(str(exc), 2)
     console.print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True).rstrip(), markup=False)

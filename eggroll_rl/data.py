@@ -46,14 +46,19 @@ def parse_source(path: str) -> DataSource:
     return DataSource("hub", path)
 
 
+def check_local_file(key: str, value: str) -> None:
+    """ConfigError if `value` (of recipe key `key`) names a local data file that is not there."""
+    if parse_source(value).kind == "local" and not Path(value).is_file():
+        raise ConfigError(f"{key}: file '{value}' not found; give an existing .jsonl/.json/.parquet/.csv file or a hub dataset id")
+
+
 def _load_split(cfg: DataConfig, split: str, key: str = "data.path") -> list[dict[str, Any]]:
     """Rows of a local file (`split` is then ignored) or of a hub dataset's split."""
     import datasets
 
     path = Path(cfg.path)
     if path.suffix in LOCAL_FORMATS:
-        if not path.is_file():
-            raise ConfigError(f"{key}: file '{cfg.path}' not found; give an existing .jsonl/.json/.parquet/.csv file or a hub dataset id")
+        check_local_file(key, cfg.path)
         try:
             ds = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # a malformed file: one line naming it (and the line, for JSONL)

@@ -319,28 +319,17 @@ def portable_spec(spec: str, folder: Path) -> str:
     return str(Path(folder).resolve())
 
 
-def resolve_model(spec: str) -> Path:
-    """A local Hugging Face model folder for an alias, folder, run directory, hub id or adapter."""
+def locate_model(spec: str) -> str:
+    """What a model spec names, found without building or downloading anything: "alias",
+    "folder" or "hub"; ModelNotFoundError (one line, the fix) when it names nothing."""
     spec = str(spec).strip()
     if not spec:
         raise ModelNotFoundError("model: empty; give an alias, a local folder, a run directory or a hub id")
     if spec.lower() in ALIASES:
-        return _build_alias(spec.lower())
+        return "alias"
     path = Path(spec).expanduser()
     if path.is_dir():
-        if is_adapter_folder(path) or _is_model_folder(path):
-            return _model_or_adapter(path.resolve(), str(path.resolve()))
-        latest = RunDir(path).latest_checkpoint()
-        if latest is None and path.name == CHECKPOINTS:
-            latest = RunDir(path.parent).latest_checkpoint()
-        if latest is not None:
-            return latest.resolve()
-        if (path / "checkpoints").is_dir():
-            raise ModelNotFoundError(f"model: run directory '{spec}' has no complete checkpoint yet")
-        raise ModelNotFoundError(
-            f"model: folder '{spec}' is neither a model folder (no config.json), a PEFT adapter (no {ADAPTER_CONFIG}) "
-            "nor a run directory (no checkpoints/step_*)"
-        )
+        return "folder"
     parent = path.parent
     looks_like_path = (
         spec.startswith((".", "/", "~"))
@@ -351,9 +340,35 @@ def resolve_model(spec: str) -> Path:
     if looks_like_path:
         raise ModelNotFoundError(f"model: folder '{spec}' not found")
     if is_repo_id(spec):
-        return _model_or_adapter(_download(spec), spec)
+        return "hub"
     close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ModelNotFoundError(
         f"model: '{spec}' is not an alias ({', '.join(ALIASES)}), a local folder or a hub id org/name{hint}"
     )
+
+
+def resolve_model(spec: str) -> Path:
+    """A local Hugging Face model folder for an alias, folder, run directory, hub id or adapter."""
+    spec = str(spec).strip()
+    kind = locate_model(spec)
+    if kind == "alias":
+        return _build_alias(spec.lower())
+    if kind == "hub":
+        return _model_or_adapter(_download(spec), spec)
+    path = Path(spec).expanduser()  # a folder: a model, an adapter, a run or its checkpoints
+    if is_adapter_folder(path) or _is_model_folder(path):
+        return _model_or_adapter(path.resolve(), str(path.resolve()))
+    latest = RunDir(path).latest_checkpoint()
+    if latest is None and path.name == CHECKPOINTS:
+        latest = RunDir(path.parent).latest_checkpoint()
+    if latest is not None:
+        return latest.resolve()
+    if (path / "checkpoints").is_dir():
+        raise ModelNotFoundError(f"model: run directory '{spec}' has no complete checkpoint yet")
+    raise ModelNotFoundError(
+        f"model: folder '{spec}' is neither a model folder (no config.json), a PEFT adapter (no {ADAPTER_CONFIG}) "
+        "nor a run directory (no checkpoints/step_*)"
+    )
+
+

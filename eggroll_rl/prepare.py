@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config import ConfigError, RecipeConfig
-from .data import load_rows
+from .data import check_local_file, load_rows
 from .models import resolve_model
 from .params import checkpoint_shapes, select_targets
 from .rewards import CombinedReward
@@ -67,6 +67,26 @@ def check_cluster(cfg: RecipeConfig) -> None:
         if max(c.cpus_per_worker, 1) * c.workers > cores:
             raise ConfigError(f"cluster.workers: {c.workers} local workers of {max(c.cpus_per_worker, 1)} core(s) each need "
                               f"{max(c.cpus_per_worker, 1) * c.workers} cores, this machine has {cores}; lower it, or give cluster.address")
+
+
+def check_names(cfg: RecipeConfig) -> None:
+    """ConfigError for what a recipe names that does not exist, found without loading anything
+    heavy (`recipes show`): the model (alias, folder or hub id), local data files, the rewards."""
+    from .models import ModelNotFoundError, locate_model
+    from .rewards import get_reward
+
+    try:
+        locate_model(cfg.model)
+    except ModelNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    for key, value in (("data.path", cfg.data.path), ("data.eval_split", cfg.data.eval_split)):
+        if value:
+            check_local_file(key, value)
+    for i, reward in enumerate(cfg.rewards):
+        try:
+            get_reward(reward.name)
+        except ValueError as exc:
+            raise ConfigError(f"rewards[{i}].name: {exc}") from None
 
 
 @dataclass

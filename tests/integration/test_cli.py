@@ -73,3 +73,12 @@ def test_missing_and_misspelled_recipes_and_runs_name_the_fix(tmp_path):
     nope = runner.invoke(app, ["eval", str(tmp_path / "nope")])
     assert nope.exit_code == 2 and f"{tmp_path / 'nope'}: not found" in " ".join(nope.output.split())
     assert "missing RECIPE" not in nope.output
+
+
+def test_recipes_show_checks_the_model_data_and_rewards_it_names():
+    for override, words in (("model=smollm2-135m-instruc", "did you mean 'smollm2-135m-instruct'"),
+                            ("data.path=nope.jsonl", "data.path: file 'nope.jsonl' not found"),
+                            ("rewards=[math_acuracy]", "did you mean 'math_accuracy'"),
+                            ("model=outputs/typo", "model: folder 'outputs/typo' not found")):
+        result = runner.invoke(app, ["recipes", "show", "quickstart", override])
+        assert result.exit_code == 2 and words in " ".join(result.output.split()), (override, result.output)
