@@ -87,7 +87,7 @@ class RankChoice:
         return {"rank": self.rank} if self.rank is not None else {"energy": self.energy}
 
 
-# The default (the measured trade-off between rank, energy and accuracy is in the README).
+# The default (the measured trade-off between rank, energy and accuracy is in docs/adapters.md).
 DEFAULT_CHOICE = RankChoice(energy=0.99)
 
 
