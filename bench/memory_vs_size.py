@@ -2,7 +2,7 @@
 the shapes of larger SmolLM2 models.
 
     python bench/memory_vs_size.py                                   # 135m and 360m, 3 minutes each
-    python bench/memory_vs_size.py --sizes 135m,360m --minutes 2     # the README's figures
+    python bench/memory_vs_size.py --sizes 135m,360m --minutes 2     # the figures in docs/results.md
 
 For each size this runs `bench/vs_grpo.py` on the quickstart recipe with `model=` that size (both
 methods, the same minutes of training, validation rows) and keeps what its summary measured: the
