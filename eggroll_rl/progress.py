@@ -50,7 +50,7 @@ class TrainProgress:
     def update(self, record: dict | None = None, eval: dict | None = None) -> None:
         fields = {}
         if record is not None:
-            fields.update(reward=f"{record['reward_mean']:.3f}", tps=f"{record['tokens_per_s']:.0f}")
+            fields.update(reward=f"{record['reward']:.3f}", tps=f"{record['tokens_per_s']:.0f}")
             if self.budget_seconds:
                 task = self.progress.tasks[0]
                 done = min(task.completed + float(record.get("time/step", 0.0)), self.budget_seconds)

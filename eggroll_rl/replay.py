@@ -122,7 +122,7 @@ def replay_master(run_dir: Path, steps: int | None = None, check_metrics: bool =
         rec = logged.get(step)
         if rec is None:
             continue
-        for key, value, rtol in (("lr", stats.lr, 0.0), ("sigma", stats.sigma, 0.0), ("update_norm", stats.update_norm, UPDATE_NORM_RTOL)):
+        for key, value, rtol in (("learning_rate", stats.lr, 0.0), ("sigma", stats.sigma, 0.0), ("update_norm", stats.update_norm, UPDATE_NORM_RTOL)):
             if key in rec and isinstance(rec[key], (int, float)) and not _close(float(rec[key]), value, rtol):
                 raise ReplayError(
                     f"replay diverged from the run at step {step}: {key} {value:.6g} vs {float(rec[key]):.6g} in metrics.jsonl "

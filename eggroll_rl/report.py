@@ -52,7 +52,7 @@ def _reward_figure(runs: dict[str, RunDir], path: Path) -> None:
         color = f"C{i}"
         metrics, evals = run.read(METRICS), run.read(EVALS)
         steps, minutes = [m["step"] for m in metrics], _minutes(metrics)
-        rewards = [m.get("reward_mean", float("nan")) for m in metrics]
+        rewards = [m.get("reward", float("nan")) for m in metrics]
         for ax, xs in ((by_step, steps), (by_time, minutes)):
             ax.plot(xs, rewards, color=color, alpha=0.35, lw=1)
             w = max(1, len(rewards) // 10)

@@ -75,6 +75,25 @@ def resume_change_problem(saved: RecipeConfig, new: RecipeConfig) -> str | None:
             "start a new run from its last checkpoint: eggroll-rl train RECIPE model=RUN_DIR key=value")
 
 
+# The names metrics.jsonl used before it took the trackers' (TRL's): "reward_mean", "lr",
+# "reward/<f>" and "reward/<f>/missing". Eval records (eval.jsonl) keep theirs; trackers show
+# them under these names too.
+_OLD_NAMES = {"reward_mean": "reward", "lr": "learning_rate"}
+
+
+def metric_names(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics or eval record under the names the trackers and TRL use: reward_mean ->
+    reward, lr -> learning_rate, reward/<f>[/tail] -> rewards/<f>/(mean|tail); the rest as is."""
+    out = {}
+    for key, value in record.items():
+        key = _OLD_NAMES.get(key, key)
+        if key.startswith("reward/"):
+            fn, _, tail = key[len("reward/"):].partition("/")
+            key = f"rewards/{fn}/{tail or 'mean'}"
+        out[key] = value
+    return out
+
+
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked, explained in one line."""
 
@@ -171,7 +190,9 @@ class RunDir:
         append_line(self.path / log, json.dumps(record), durable=log == FITNESS)
 
     def read(self, log: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.path / log)
+        """A log's records; metrics under today's names, whatever version wrote them."""
+        records = read_jsonl(self.path / log)
+        return [metric_names(r) if isinstance(r, dict) else r for r in records] if log == METRICS else records
 
     def records_upto(self, log: str, updates: int) -> list[dict[str, Any]]:
         """Records of `log` written up to the point where `updates` updates had been applied."""

@@ -2,12 +2,10 @@
 trackio or MLflow (`report_to:` in the recipe, `--report-to` on the command line).
 
 The JSONL files of the run directory stay the source of truth; a tracker is a view of them.
-Metric names follow TRL's where they mean the same, so dashboards line up with GRPO runs:
-
-    reward_mean -> reward        reward/<f> -> rewards/<f>/mean (and /missing)     lr -> learning_rate
-    eval records -> eval/<key>       completions/mean_length, completions/clipped_ratio as logged
-
-and ours keep their names (fitness_std, update_norm, sigma, time/*, tokens_per_s, memory/*).
+Metric names are TRL's where they mean the same (metrics.jsonl uses them: reward, reward_std,
+rewards/<f>/mean|std|missing, frac_reward_zero_std, learning_rate, completions/*), so dashboards
+line up with GRPO runs; eval records go to eval/<key> under the same names
+(run_dir.metric_names); ours keep theirs (fitness_std, update_norm, sigma, time/*, memory/*).
 Each tracker's library is an optional extra (`pip install 'eggroll-rl[tracking]'`), imported
 only when that tracker is asked for.
 """
@@ -25,10 +23,9 @@ import yaml
 
 from .config import TRACKERS, RecipeConfig, to_dict
 from .settings import ConfigError, flatten
-from .run_dir import RunDir
+from .run_dir import RunDir, metric_names
 from .scoring import Scores, missing_as_none
 
-_RENAME = {"reward_mean": "reward", "lr": "learning_rate"}
 PROJECT = os.environ.get("EGGROLL_RL_PROJECT", "eggroll-rl")
 
 
@@ -62,14 +59,10 @@ def completions_table(rows: list[dict[str, Any]], scores: Scores) -> tuple[list[
 def trl_names(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The numeric entries of a metrics or eval record under tracker (TRL-style) names."""
     out = {}
-    for key, value in record.items():
+    for key, value in metric_names(record).items():
         if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        name = _RENAME.get(key, key)
-        if name.startswith("reward/"):  # reward/<f> and reward/<f>/missing
-            fn, _, tail = name[len("reward/"):].partition("/")
-            name = f"rewards/{fn}/{tail or 'mean'}"
-        out[prefix + name] = float(value)
+        out[prefix + key] = float(value)
     return out
 
 

@@ -145,19 +145,19 @@ def step_record(step: int, step_rollout: StepRollout, rewards: torch.Tensor, fit
     rollout, scores = step_rollout.rollout, step_rollout.scores
     return {
         "step": step + 1,
-        "reward_mean": float(rewards.mean()),
+        "reward": float(rewards.mean()),
         "reward_std": float(rewards.std(unbiased=False)),
         "reward_max_member": float(rewards.mean(dim=1).max()),
-        **{f"reward/{k}": float(v.nanmean()) for k, v in scores.per_reward.items()},
-        **{f"reward/{k}/std": float(v[~v.isnan()].std(unbiased=False)) if (~v.isnan()).any() else float("nan")
+        **{f"rewards/{k}/mean": float(v.nanmean()) for k, v in scores.per_reward.items()},
+        **{f"rewards/{k}/std": float(v[~v.isnan()].std(unbiased=False)) if (~v.isnan()).any() else float("nan")
            for k, v in scores.per_reward.items()},
         # None, NaN or ±inf from a reward: scored 0 in the total (registry.py)
-        **{f"reward/{k}/missing": float(v.isnan().double().mean()) for k, v in scores.per_reward.items()},
+        **{f"rewards/{k}/missing": float(v.isnan().double().mean()) for k, v in scores.per_reward.items()},
         # TRL's signal-health number: the share of prompts on which every member scored the same
         # (no fitness signal from them at all).
         "frac_reward_zero_std": float((rewards.std(dim=0, unbiased=False) == 0).double().mean()),
         "fitness_std": float(fitness.std(unbiased=False)),
-        "lr": stats.lr,
+        "learning_rate": stats.lr,
         "sigma": stats.sigma,
         "update_norm": stats.update_norm,
         "grad_norm": stats.grad_norm,

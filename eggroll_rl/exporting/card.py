@@ -162,8 +162,8 @@ def plot_training_curves(metrics: list[dict], evals: list[dict], path: Path, ste
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True)
 
-    steps = [m["step"] for m in metrics if _is_number(m.get("reward_mean"))]
-    rewards = [m["reward_mean"] for m in metrics if _is_number(m.get("reward_mean"))]
+    steps = [m["step"] for m in metrics if _is_number(m.get("reward"))]
+    rewards = [m["reward"] for m in metrics if _is_number(m.get("reward"))]
     if steps:
         top.plot(steps, rewards, color="tab:blue", lw=1, alpha=0.5 if len(steps) > 20 else 1.0,
                  marker="o" if len(steps) <= 20 else None, ms=3, label="population mean reward")

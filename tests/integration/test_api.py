@@ -52,6 +52,6 @@ def test_train_takes_reward_callables(tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["rewards"] == [{"name": "test_api:length_parity", "weight": 0.5}]  # named, so it resumes and evaluates
     metrics = (run / "metrics.jsonl").read_text()
-    assert "reward/test_api:length_parity" in metrics
+    assert "rewards/test_api:length_parity/mean" in metrics
     with pytest.raises(ConfigError, match="not a module-level function"):
         train("tiny", output_dir=tmp_path, run_name="lambda", reward_funcs=[lambda completions, **k: [0.0] * len(completions)])

@@ -186,7 +186,7 @@ def test_a_reward_returning_inf_trains_on_and_logs_the_missing_fraction(tmp_path
                                  f"output_dir={tmp_path}"])
     assert result.exit_code == 0, result.output
     metrics = strict_jsonl(tmp_path / "tiny" / "metrics.jsonl")
-    assert all(0 < m["reward/test_faults:inf_reward/missing"] < 1 for m in metrics)
+    assert all(0 < m["rewards/test_faults:inf_reward/missing"] < 1 for m in metrics)
     assert all(math.isfinite(m["update_norm"]) for m in metrics)
     weights = load_file(str(tmp_path / "tiny" / "checkpoints" / "step_000003" / "model.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in weights.values())

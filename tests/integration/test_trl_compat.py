@@ -118,7 +118,7 @@ def test_conversational_dataset_with_trl_reward_trains(datasets, tmp_path):
                                  "train.steps=1", f"output_dir={tmp_path}"])
     assert result.exit_code == 0, result.output
     metrics = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["reward/test_trl_compat:prompts_and_columns_reward"] == 1.0
+    assert metrics[0]["rewards/test_trl_compat:prompts_and_columns_reward/mean"] == 1.0
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_a_reward_module_in_the_current_folder_imports_through_the_console_scrip
     out = subprocess.run([str(cli), "train", "tiny", "rewards=[my_rewards:short]", "train.steps=1", "train.eval_every=0",
                           f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "reward/my_rewards:short" in (tmp_path / "out" / "tiny" / "metrics.jsonl").read_text()
+    assert "rewards/my_rewards:short/mean" in (tmp_path / "out" / "tiny" / "metrics.jsonl").read_text()
 
 
 @pytest.mark.slow
@@ -140,6 +140,6 @@ def test_a_trl_116_reward_logs_its_metric_and_column_into_the_run(tmp_path):
     assert [m["custom/step_seen"] for m in metrics] == [0.0, 1.0]  # trainer_state.global_step: updates applied
     assert all(m["custom/mean_length"] > 0 for m in metrics)
     name = "test_trl_compat:trl_116_logging_reward"
-    assert all(m[f"reward/{name}/std"] >= 0 and 0 <= m["frac_reward_zero_std"] <= 1 for m in metrics)
+    assert all(m[f"rewards/{name}/std"] >= 0 and 0 <= m["frac_reward_zero_std"] <= 1 for m in metrics)
     samples = [json.loads(line) for line in (tmp_path / "logs" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(s["length"] == len(s["completion"]) for s in samples)  # log_extra's column

@@ -15,7 +15,7 @@ from eggroll_rl.config import from_dict
 from eggroll_rl.exporting.card import TEMPLATE, CardInputs, render_model_card
 
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
-METRICS = [{"step": s, "reward_mean": 0.1 * s, "time/step": 30.0, "new_tokens": 1000} for s in (1, 2, 3, 4)]
+METRICS = [{"step": s, "reward": 0.1 * s, "time/step": 30.0, "new_tokens": 1000} for s in (1, 2, 3, 4)]
 EVALS = [
     {"step": 0, "accuracy": 0.25, "ci_low": 0.1, "ci_high": 0.4, "reward_mean": 0.3, "n": 40},
     {"step": 2, "accuracy": 0.5, "ci_low": 0.35, "ci_high": 0.65, "reward_mean": 0.5, "n": 40},

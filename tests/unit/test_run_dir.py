@@ -94,3 +94,15 @@ def test_a_folder_without_config_is_not_a_run(tmp_path):
         RunDir(tmp_path).load_config()
     with pytest.raises(RunDirError, match="not found"):
         RunDir(tmp_path / "missing").load_config()
+
+
+def test_metrics_written_under_the_old_names_read_under_the_trackers(tmp_path):
+    """metrics.jsonl uses TRL's names now; a run logged before reads the same way (report, replay)."""
+    run = RunDir(tmp_path / "old")
+    run.path.mkdir()
+    _write(run / METRICS, [{"step": 1, "reward_mean": 0.5, "lr": 0.1, "reward/math_accuracy": 0.25,
+                            "reward/math_accuracy/missing": 0.0, "fitness_std": 1.0}])
+    assert run.read(METRICS) == [{"step": 1, "reward": 0.5, "learning_rate": 0.1, "rewards/math_accuracy/mean": 0.25,
+                                  "rewards/math_accuracy/missing": 0.0, "fitness_std": 1.0}]
+    _write(run / EVALS, [{"step": 0, "accuracy": 0.5, "reward_mean": 0.5}])
+    assert run.read(EVALS) == [{"step": 0, "accuracy": 0.5, "reward_mean": 0.5}]  # eval.jsonl keeps its names
