@@ -148,6 +148,8 @@ class ClusterConfig:
 
 @dataclass
 class TrainConfig:
+    # The lr/sigma schedules' horizon. 0: as many steps as train.time_budget_minutes holds at the
+    # first step's pace, fixed then and recorded in config.yaml (resume and replay run the same).
     steps: int = 100
     # Stop after this many minutes of training steps (evals excluded), at the end of a step;
     # 0 = no limit. The last step is checkpointed as the final one.
@@ -300,7 +302,9 @@ def validate(cfg: RecipeConfig) -> None:
          "(greedy decoding gives identical samples)")
     need(gen.max_batch_rows >= 0, f"generation.max_batch_rows: got {gen.max_batch_rows}; expected an integer >= 0")
     need(data.eval_size >= 0, f"data.eval_size: got {data.eval_size}; expected an integer >= 0")
-    need(train.steps >= 1, f"train.steps: got {train.steps}; expected an integer >= 1")
+    need(train.steps >= 1 or (train.steps == 0 and train.time_budget_minutes > 0),
+         f"train.steps: got {train.steps}; expected an integer >= 1, or 0 with train.time_budget_minutes > 0 "
+         "(as many steps as the budget holds)")
     need(train.eval_every >= 0 and train.checkpoint_every >= 0 and train.keep_checkpoints >= 0,
          "train.eval_every / checkpoint_every / keep_checkpoints: expected integers >= 0")
     need(train.eval_every == 0 or data.eval_size > 0,

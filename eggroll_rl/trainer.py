@@ -29,8 +29,11 @@ a run ends with the same weights, bit for bit (CPU, fp32), as an uninterrupted o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,16 +76,10 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
     try:
         with TrainProgress(steps, learner.step, console=console, budget_seconds=budget, trained_seconds=trained_seconds) as progress, \
                 TreeMemory() as memory, Trackers(run, cfg) as trackers:
-            def evaluate(step: int) -> dict:
-                record = {"step": step, **population.evaluate(eval_prompts, inputs.eval_rows).summary()}
-                run.append(EVALS, record)
-                trackers.log(record, step, prefix="eval/")
-                write_report([run.path])  # report.html, refreshed at each eval
-                return record
-
+            evaluate = evaluator(run, population, trackers, eval_prompts, inputs.eval_rows)
             if every.eval_every and learner.step == 0:
                 progress.update(eval=evaluate(0))
-            for step in range(learner.step, steps):
+            for step in range(learner.step, steps or sys.maxsize):
                 t0 = time.perf_counter()
                 # 1. ask: the step's noise (regenerated from indices wherever it is needed).
                 noise = learner.ask()
@@ -91,6 +88,8 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
                 # 2. rollout: every member answers every prompt (one batched call per engine), and
                 # 3. reward: the completions are graded (on a cluster, by the worker that made them).
                 rollout = population.rollout(step, noise, rows, prompts, seed=step_seed(cfg.seed, step))
+                if not steps:  # train.steps 0: the horizon the budget holds, fixed before the first update
+                    cfg, steps = fix_horizon(cfg, run, learner, time.perf_counter() - t0)
                 # 4. shape: rewards[member, prompt] (mean over samples) -> fitness[member].
                 rewards = rollout.scores.total.mean(dim=2)
                 fitness = learner.shape(rewards)
@@ -118,6 +117,30 @@ def train(cfg: RecipeConfig, run: RunDir, resume: bool = False, console: Console
         population.close()
     write_report([run.path])
     return run.latest_checkpoint()
+
+
+def evaluator(run: RunDir, population: Population, trackers: Trackers, prompts: list[list[int]],
+              rows: list[dict]) -> Callable[[int], dict]:
+    """evaluate(step): the current weights scored on the held-out rows, logged, and report.html
+    refreshed; returns the eval record."""
+    def evaluate(step: int) -> dict:
+        record = {"step": step, **population.evaluate(prompts, rows).summary()}
+        run.append(EVALS, record)
+        trackers.log(record, step, prefix="eval/")
+        write_report([run.path])
+        return record
+
+    return evaluate
+
+
+def fix_horizon(cfg: RecipeConfig, run: RunDir, learner: Learner, rollout_seconds: float) -> tuple[RecipeConfig, int]:
+    """train.steps 0: the steps train.time_budget_minutes holds at the first rollout's pace (at
+    least 2), set as the schedules' horizon and saved in config.yaml before any update is made."""
+    steps = max(2, int(cfg.train.time_budget_minutes * 60 // max(rollout_seconds, 1e-9)))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+    run.save_config(cfg)
+    learner.es.total_steps = steps
+    return cfg, steps
 
 
 def begin(cfg: RecipeConfig, run: RunDir, resume: bool, console: Console | None) -> tuple[RecipeConfig, RecipeInputs, Learner, Path | None]:

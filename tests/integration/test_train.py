@@ -221,3 +221,27 @@ def test_master_on_a_gpu_without_one_is_one_line_before_any_work(tmp_path):
     result = runner.invoke(app, ["train", TINY, DATA, "es.master_device=cuda", f"output_dir={tmp_path}"])
     assert result.exit_code == 2
     assert "es.master_device=cuda needs the PyTorch backend on a GPU" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_a_time_budget_fixes_the_schedule_horizon_once_and_replays_exactly(tmp_path):
+    """train.steps 0: the horizon is what the budget holds at the first rollout's pace, recorded in
+    config.yaml before the first update, so the cosine is one schedule and replay is exact."""
+    import yaml
+
+    from eggroll_rl.replay import replay_master
+
+    result = run_cli("train", TINY, DATA, *ON_DEVICE, "train.steps=0", "train.time_budget_minutes=0.02",
+                     "es.lr_schedule=cosine", "train.eval_every=0", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "tiny"
+    steps = yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"]
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert steps >= 2 and 1 <= len(metrics) <= steps
+    replayed = replay_master(run)  # compares every step's lr with metrics.jsonl, exactly
+    assert replayed.checked_steps == len(metrics)
+    saved = load_file(str(sorted((run / "checkpoints").iterdir())[-1] / "trainer" / "master.safetensors"))
+    same = torch.equal if TEST_DEVICE == "cpu" else lambda a, b: torch.allclose(a, b, atol=1e-5)  # GPU vs CPU rounding
+    assert all(same(replayed.master[n].cpu(), saved[n]) for n in saved)
+    bad = run_cli("train", TINY, "train.steps=0", f"output_dir={tmp_path}", "run_name=x")
+    assert bad.exit_code == 2 and "or 0 with train.time_budget_minutes > 0" in " ".join(bad.output.split())
