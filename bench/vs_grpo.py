@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -195,18 +194,11 @@ def machine(cfg) -> dict:
     """What the figures depend on: the CPU (its bf16 support decides the engine dtype and a
     several-fold speed difference), its cores, the engine dtype, the GPU where there is one."""
     import torch
-    from eggroll_rl.machine import cpu_name, native_bf16_flags, read_cpuinfo, resolve_dtype
+    from eggroll_rl.machine import describe_run
 
-    cpuinfo = read_cpuinfo()
-    bf16_flags = native_bf16_flags(cpuinfo)
-    return {
-        "cpu": cpu_name(cpuinfo),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "native_bf16": bool(bf16_flags),
-        "bf16_flags": bf16_flags,
-        "engine_dtype": resolve_dtype(cfg.dtype, cfg.device),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    run = describe_run(cfg, torch.device("cpu"))
+    return {"cpu": run["cpu"], "cores": run["cores"], "native_bf16": bool(run["cpu_native_bf16"]),
+            "bf16_flags": run["cpu_native_bf16"], "engine_dtype": run["dtype"], "gpu": run["gpu"]}
 
 
 def plot(summary: dict, path: Path) -> None:

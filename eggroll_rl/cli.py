@@ -153,9 +153,10 @@ def eval_(
         overrides += [f"generation.samples_per_prompt={samples}", f"generation.temperature={temperature}"]
     try:
         if recipe is None and not RunDir.holds_run(model):
-            path = Path(model).expanduser()
-            if path.exists() or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):  # a folder, or a path into one
-                what = "not a run directory (no config.yaml)" if path.exists() else "not found"
+            from .models import looks_like_path
+
+            if looks_like_path(model):  # a run directory was meant
+                what = "not a run directory (no config.yaml)" if Path(model).expanduser().exists() else "not found"
                 fail(f"{model}: {what}; give a run directory written by `eggroll-rl train`, or a model and a recipe: "
                      f"`eggroll-rl eval {model} quickstart`", 2)
             fail(f"missing RECIPE: {model} is not a run directory; e.g. `eggroll-rl eval {model} quickstart`", 2)

@@ -66,6 +66,13 @@ def resolve_dtype(dtype: str, device: str = "auto") -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
+def resolve_device(device: str) -> torch.device:
+    """The engine device for a recipe's `device`: auto is the GPU when one is visible."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def engine_kind(cfg: RecipeConfig) -> str:
     """The recipe's backend: `auto` is vLLM whenever it is installed, else PyTorch."""
     return ("vllm" if vllm_available() else "torch") if cfg.backend == "auto" else cfg.backend
@@ -74,8 +81,8 @@ def engine_kind(cfg: RecipeConfig) -> str:
 def torch_engine_on_gpu(cfg: RecipeConfig) -> bool:
     """True when the recipe's engine is the PyTorch backend on this process's GPU, the case in
     which the noise and the master copy can live beside it."""
-    wants_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    return wants_gpu and cfg.cluster.workers == 1 and engine_kind(cfg) == "torch"
+    on_gpu = resolve_device(cfg.device).type == "cuda"
+    return on_gpu and cfg.cluster.workers == 1 and engine_kind(cfg) == "torch"
 
 
 def resolve_placement(cfg: RecipeConfig, model_dir: Path, targets: list[str]) -> tuple[RecipeConfig, torch.device]:
@@ -114,11 +121,10 @@ def describe_run(cfg: RecipeConfig, master_device: torch.device) -> dict:
 
     import transformers
 
-    engine_device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     cpuinfo = read_cpuinfo()
     info = {
         "backend": engine_kind(cfg),
-        "device": engine_device,
+        "device": resolve_device(cfg.device).type,
         "dtype": resolve_dtype(cfg.dtype, cfg.device),
         "noise": cfg.es.noise,
         "master_device": master_device.type,

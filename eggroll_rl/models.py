@@ -319,6 +319,14 @@ def portable_spec(spec: str, folder: Path) -> str:
     return str(Path(folder).resolve())
 
 
+def looks_like_path(spec: str) -> bool:
+    """True if `spec` names a local path rather than an alias or a hub id: "./x", "/x", "~/x",
+    "a/b/c", something that exists, or "outputs/typo" (its folder exists)."""
+    path, parent = Path(spec).expanduser(), Path(spec).expanduser().parent
+    return (spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.exists()
+            or (str(parent) not in ("", ".") and parent.is_dir()))
+
+
 def locate_model(spec: str) -> str:
     """What a model spec names, found without building or downloading anything: "alias",
     "folder" or "hub"; ModelNotFoundError (one line, the fix) when it names nothing."""
@@ -330,14 +338,7 @@ def locate_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.is_dir():
         return "folder"
-    parent = path.parent
-    looks_like_path = (
-        spec.startswith((".", "/", "~"))
-        or spec.count("/") > 1
-        or path.exists()
-        or (str(parent) not in ("", ".") and parent.is_dir())  # "outputs/typo": a local path, not a hub id
-    )
-    if looks_like_path:
+    if looks_like_path(spec):
         raise ModelNotFoundError(f"model: folder '{spec}' not found")
     if is_repo_id(spec):
         return "hub"

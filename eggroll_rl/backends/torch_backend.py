@@ -28,6 +28,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..config import ConfigError, GenerationConfig
 from ..data import PromptLengths
+from ..machine import resolve_device
 from ..noise import NoiseSpec
 from .base import Backend, Rollout
 
@@ -41,12 +42,6 @@ BATCH_MEMORY_SHARE = 0.7
 
 class ModelDoesNotFitError(ConfigError):
     """The model's weights alone exceed the GPU's free memory (one line: what would fit)."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -304,7 +299,7 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - since
 
-    def _static_cache(self, rows: int, width: int, new_tokens: int):
+    def _static_cache(self, rows: int, width: int, gen: GenerationConfig):
         """One StaticCache per (rows, positions), reused call after call: a compiled decode step
         (and its CUDA graph) is specific to the cache's shape and addresses. Its length covers the
         longest prompt the engine was told of (train and eval), so a run's batches share one. A
@@ -312,13 +307,13 @@ class TorchBackend(Backend):
         from transformers import StaticCache
 
         positions = max(width, self.prompt_lengths.longest)
-        key = (rows, positions + new_tokens)
+        key = (rows, positions + gen.max_new_tokens)
         cache = self._caches.get(key)
         if cache is not None:
             cache.reset()
             return cache
-        size = rows * row_bytes(self.config, self.dtype, positions, new_tokens)
-        budget = self.max_rows(GenerationConfig(max_new_tokens=new_tokens), width) * size // rows
+        size = rows * row_bytes(self.config, self.dtype, positions, gen.max_new_tokens)
+        budget = self.max_rows(gen, width) * size // rows
         if self.device.type == "cuda" and sum(self._cache_bytes.values()) + size > budget:
             self._caches.clear()
             self._cache_bytes.clear()
@@ -355,7 +350,7 @@ class TorchBackend(Backend):
 
             compile_config = CompileConfig()
             compile_config._compile_all_devices = True  # transformers compiles on GPUs only, else
-            kwargs.update(past_key_values=self._static_cache(len(prompts), width, gen.max_new_tokens),
+            kwargs.update(past_key_values=self._static_cache(len(prompts), width, gen),
                           compile_config=compile_config)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, width:]
         eos = kwargs["eos_token_id"]
